@@ -10,7 +10,7 @@ Conventions (shared by every module of dsmtheory):
 - t broadcasts against z's batch dimensions z.shape[:-1];
 - `score(z, t, schedule)` is the exact ∇_z log p_t(z). The default takes
   `jax.grad` of `log_prob_t`; families with a closed form override it;
-- `score_fn(schedule)` returns the `score_fn(z, t) -> array` closure that
+- `score_fn(schedule)` returns the `score_fn(z, t) -> array` callable pytree that
   samplers and metrics consume, the same signature a learned model has.
 """
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dsmtheory._validation import check_int, check_last_dim
-from dsmtheory.schedules import Schedule, ScoreFn
+from dsmtheory.schedules import Schedule
 
 Array = jax.Array
 
@@ -63,9 +63,11 @@ class Family(struct.PyTreeNode):
         t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:-1])
         return jax.grad(lambda zz: jnp.sum(self.log_prob_t(zz, t, schedule)))(z)
 
-    def score_fn(self, schedule: Schedule) -> ScoreFn:
-        """The exact score as a `score_fn(z, t)` closure (the oracle for samplers)."""
-        return lambda z, t: self.score(z, t, schedule)
+    def score_fn(self, schedule: Schedule) -> "ExactScore":
+        """The exact score as a callable pytree `score_fn(z, t)` (the oracle for samplers)."""
+        from dsmtheory.scores import ExactScore  # scores.py does not import families
+
+        return ExactScore(self, schedule)
 
     def conditional_score(self, z: Array, t: Array, schedule: Schedule) -> Array:
         """∇_y log p_t(y | x) in feature coordinates, [..., dy].
