@@ -19,10 +19,20 @@ import numpy as np
 def is_concrete(value: Any) -> bool:
     """True when `value` holds actual numbers (not a JAX tracer)."""
     leaves = jax.tree_util.tree_leaves(value)
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+    # Anything that is not a plain number or a materialised array (a tracer, or the
+    # abstract placeholders `jit(...).lower` passes through constructors) is skipped.
+    return all(
+        # str/bytes count as concrete so that a string given for a number is refused
+        # (TypeError naming the parameter) instead of silently skipping the check.
+        isinstance(leaf, (bool, int, float, complex, str, bytes, np.ndarray, np.generic))
+        or (isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer))
+        for leaf in leaves
+    )
 
 
 def _as_float_array(name: str, value: Any) -> np.ndarray:
+    if any(isinstance(leaf, (str, bytes)) for leaf in jax.tree_util.tree_leaves(value)):
+        raise TypeError(f"{name} must be a real number or array of real numbers, got {value!r}")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:

@@ -98,6 +98,13 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} at {path} to JSON")
 
 
+def _default_mode() -> int:
+    """Permissions a plainly created file would get (mkstemp makes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as JSON to `path` atomically (temp file + fsync + rename)."""
     path = Path(path)
@@ -110,6 +117,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -133,6 +141,7 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

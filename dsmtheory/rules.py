@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dsmtheory._validation import check_in_range, check_positive
+from dsmtheory._validation import check_finite, check_in_range, check_int, check_positive
 
 Array = jax.Array
 
@@ -43,9 +43,16 @@ class Rule(struct.PyTreeNode):
         return jax.vmap(jax.grad(self.scalar))(u.reshape(-1)).reshape(u.shape)
 
     def lipschitz_bound(self, lo: float, hi: float, n_grid: int = 4097) -> float:
-        """max |f'| on [lo, hi], from a dense grid plus a 10% margin (dx = dy = 1)."""
-        grid = jnp.linspace(lo, hi, n_grid)
-        return 1.1 * float(jnp.max(jnp.abs(self.derivative(grid))))
+        """max |f'| on [lo, hi], from a dense grid plus a 10% margin (dx = dy = 1).
+
+        Compiled once per rule type and grid size (the rule is a traced argument), so
+        building many families in a sweep stays cheap."""
+        check_finite("lo", lo)
+        check_finite("hi", hi)
+        if float(lo) >= float(hi):
+            raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
+        n_grid = check_int("n_grid", n_grid, minimum=2)
+        return 1.1 * float(_max_abs_slope(self, jnp.linspace(lo, hi, n_grid)))
 
     def to_config(self) -> dict:
         cfg = {"name": self.name}
@@ -55,12 +62,21 @@ class Rule(struct.PyTreeNode):
         return cfg
 
 
+@jax.jit
+def _max_abs_slope(rule: Rule, grid: Array) -> Array:
+    return jnp.max(jnp.abs(rule.derivative(grid)))
+
+
 class Linear1D(Rule):
     """y = a x + b."""
 
     a: float = 1.0
     b: float = 0.0
     name: ClassVar[str] = "linear"
+
+    def __post_init__(self):
+        check_finite("a", self.a)
+        check_finite("b", self.b)
 
     def __call__(self, x):
         return self.a * x + self.b
@@ -101,6 +117,9 @@ class Reflection(Rule):
     center: float = 0.0
     name: ClassVar[str] = "reflection"
 
+    def __post_init__(self):
+        check_finite("center", self.center)
+
     def __call__(self, x):
         return 2.0 * self.center - x
 
@@ -139,6 +158,10 @@ class LinearMap(Rule):
     A: Array = struct.field(default_factory=lambda: jnp.ones((1, 1)))
     b: Array = struct.field(default_factory=lambda: jnp.zeros((1,)))
     name: ClassVar[str] = "linear_map"
+
+    def __post_init__(self):
+        check_finite("A", self.A)
+        check_finite("b", self.b)
 
     def __call__(self, x):
         return x @ jnp.asarray(self.A).T + self.b

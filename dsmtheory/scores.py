@@ -99,8 +99,10 @@ class GuidedScore(ScoreFunction):
 
     `log_classifier(z, t) -> [...]` is a callable pytree (or static function) giving
     log P(conforms | z_t); its gradient is taken here. `max_guidance_norm`, when set,
-    clips the guidance term's norm per sample so that large w cannot blow up
-    (the clip is reported by the caller via `guidance_norm`)."""
+    clips the norm of the added term w · ∇_z log c per sample, so that no w, however
+    large, can make the guided score (and hence a sampler step) blow up; `guidance_norm`
+    gives the unclipped norm, for reporting how often the clip is active
+    (`dsmtheory.guidance.guidance_norm_profile`). w must be finite and >= 0."""
 
     base: Any
     log_classifier: Any
@@ -110,17 +112,28 @@ class GuidedScore(ScoreFunction):
     def __post_init__(self):
         check_finite("weight", self.weight)
         check_positive("weight", self.weight, allow_zero=True)
+        if self.max_guidance_norm is not None:
+            check_positive("max_guidance_norm", self.max_guidance_norm)
+
+    def classifier_gradient(self, z, t):
+        """∇_z log c(z, t), unweighted and unclipped."""
+        t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:-1])
+        return jax.grad(lambda zz: jnp.sum(self.log_classifier(zz, t)))(z)
+
+    def guidance_norm(self, z, t):
+        """‖w · ∇_z log c(z, t)‖ per point, before any clipping, [...]."""
+        return self.weight * jnp.linalg.norm(self.classifier_gradient(z, t), axis=-1)
 
     def guidance_term(self, z, t):
-        t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:-1])
-        grad = jax.grad(lambda zz: jnp.sum(self.log_classifier(zz, t)))(z)
+        """w · ∇_z log c(z, t), with its norm clipped to max_guidance_norm when set."""
+        term = self.weight * self.classifier_gradient(z, t)
         if self.max_guidance_norm is not None:
-            norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
-            grad = grad * jnp.minimum(1.0, self.max_guidance_norm / jnp.maximum(norm, 1e-30))
-        return grad
+            norm = jnp.linalg.norm(term, axis=-1, keepdims=True)
+            term = term * jnp.minimum(1.0, self.max_guidance_norm / jnp.maximum(norm, 1e-30))
+        return term
 
     def __call__(self, z, t):
-        return self.base(z, t) + self.weight * self.guidance_term(z, t)
+        return self.base(z, t) + self.guidance_term(z, t)
 
 
 def as_score_function(score: Any) -> Callable:

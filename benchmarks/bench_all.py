@@ -1,0 +1,222 @@
+"""All throughput numbers of issue 7 from ONE run, printed as tables.
+
+    python -m benchmarks.bench_all            # full run (tens of minutes on 2 busy CPU cores)
+    python -m benchmarks.bench_all --quick    # a few minutes: fewer steps/repeats, E up to 16
+    python -m benchmarks.bench_all --only train_small train_large   # a subset of the sections
+
+Sections
+  matmul        the machine's own f32 matmul GFLOP/s (jitted [m, m] @ [m, m], best of
+                several, measured at the start AND the end of the run; the larger is used).
+  train_small   MLP width 128, depth 2, batch 32: single model and vmapped ensembles E = 1, 4, 16, 64.
+  train_large   MLP width 512, depth 2, batch 512: same.
+                Columns: steps/s, model-steps/s (E × steps/s), speed-up of model-steps/s over
+                E = 1, achieved dense-layer GFLOP/s and its % of the matmul GFLOP/s, and
+                model-steps per CPU-second (process CPU time: on a machine shared with other
+                jobs this is less sensitive to their load than wall time).
+  sampler       samples × steps per second of the Euler–Maruyama sampler, exact and learned score.
+  families      exact-score evaluations per second for each family (LinearGaussian,
+                NonlinearRule, GaussianMixture, EmpiricalMeasure, Embedded), batch of 4096.
+  compiles      number of compiled training programs for a full sweep over n (train_ensemble
+                with one padded shape [E, n_max, D] and n_valid = n), reported by dsm.compile_count().
+
+Timing excludes compilation (each configuration runs once untimed first; the benchmark
+checks that the timed runs did not recompile). Repeats are interleaved across the
+ensemble sizes and the best is kept, so the ratios come from the same minutes of machine
+load. FLOP count: see benchmarks/bench_train.py (dense layers only, × 3 for fwd + bwd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.bench_train import matmul_gflops
+from dsmtheory import dsm
+from dsmtheory.families import Embedded, EmpiricalMeasure, GaussianMixture, LinearGaussian, NonlinearRule
+from dsmtheory.families.nonlinear import UniformX, GaussianX
+from dsmtheory.networks import matmul_flops_per_example, network_config
+from dsmtheory.rules import Sine
+from dsmtheory.samplers import sample
+from dsmtheory.schedules import VPLinear
+from dsmtheory.scores import ExactScore
+
+SECTIONS = ("matmul", "train_small", "train_large", "sampler", "families", "compiles")
+FAM = LinearGaussian.create(mu_x=(0.0,), sigma_r=0.1)
+SCHED = VPLinear()
+
+
+def _timed(fn):
+    """(wall seconds, process CPU seconds) of fn()."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: int, depth: int = 2) -> list[dict]:
+    net = network_config("mlp", 2, width=width, depth=depth)
+    cfg = dsm.TrainConfig(network=net, n_steps=steps, batch_size=batch, log_every=steps)
+    data = FAM.sample(jax.random.PRNGKey(0), 4096)
+
+    def run(e, seed):
+        keys = jax.random.split(jax.random.PRNGKey(seed), e)
+        r = (dsm.train(keys[0], data, SCHED, cfg) if e == 1 else dsm.train_ensemble(keys, data, SCHED, cfg))
+        jax.block_until_ready(r.params)
+
+    for e in ensembles:
+        run(e, 0)  # compile
+    n_comp = dsm.compile_count()
+    wall = {e: np.inf for e in ensembles}
+    cpu = {e: np.inf for e in ensembles}
+    for rep in range(repeats):
+        for e in ensembles:
+            w, c = _timed(lambda: run(e, rep + 1))
+            wall[e], cpu[e] = min(wall[e], w), min(cpu[e], c)
+    if dsm.compile_count() != n_comp:
+        raise RuntimeError("a timed run recompiled; the measurement would include compilation")
+    rows = []
+    flop_step = 3 * matmul_flops_per_example(net) * batch
+    for e in ensembles:
+        sps = steps / wall[e]
+        rows.append({"E": e, "steps_per_s": sps, "model_steps_per_s": e * sps,
+                     "model_steps_per_cpu_s": e * steps / cpu[e], "gflops": flop_step * e * sps / 1e9})
+    base, base_cpu = rows[0]["model_steps_per_s"], rows[0]["model_steps_per_cpu_s"]
+    for r in rows:
+        r["speedup"] = r["model_steps_per_s"] / base
+        r["speedup_cpu"] = r["model_steps_per_cpu_s"] / base_cpu
+    return rows
+
+
+def print_train(title, rows, mm):
+    print(f"\n## {title}")
+    print(f"| E | steps/s | model-steps/s | speed-up | GFLOP/s | % of matmul | model-steps/CPU-s | speed-up (CPU) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r["fraction_of_matmul"] = r["gflops"] / mm
+        print(f"| {r['E']} | {r['steps_per_s']:.1f} | {r['model_steps_per_s']:.1f} | {r['speedup']:.2f}x | "
+              f"{r['gflops']:.2f} | {100 * r['fraction_of_matmul']:.0f}% | {r['model_steps_per_cpu_s']:.1f} | "
+              f"{r['speedup_cpu']:.2f}x |", flush=True)
+
+
+def bench_sampler(n: int, n_steps: int, repeats: int) -> list[dict]:
+    net = network_config("mlp", 2, width=128)
+    res = dsm.train(jax.random.PRNGKey(0), FAM.sample(jax.random.PRNGKey(1), 256), SCHED,
+                    dsm.TrainConfig(network=net, n_steps=10, batch_size=32, log_every=10))
+    scores = {"exact (LinearGaussian)": ExactScore(FAM, SCHED), "learned (MLP 128x2)": dsm.learned_score(res)}
+    rows = []
+    for name, s in scores.items():
+        go = lambda seed: jax.block_until_ready(sample(s, SCHED, jax.random.PRNGKey(seed), n, 2, n_steps=n_steps))  # noqa
+        go(0)
+        best = min(_timed(lambda: go(r + 1))[0] for r in range(repeats))
+        rows.append({"score": name, "n": n, "n_steps": n_steps, "sample_steps_per_s": n * n_steps / best})
+    return rows
+
+
+def _families() -> dict:
+    """name -> zero-argument constructor (built one at a time, so one failing family is
+    reported in the table instead of aborting the benchmark)."""
+    def nonlinear():
+        return NonlinearRule.create(UniformX(-1.0, 1.0), Sine(k=4.0), sigma_r=0.05)
+
+    return {
+        "LinearGaussian": lambda: FAM,
+        "NonlinearRule (sine, quadrature)": nonlinear,
+        "GaussianMixture (K=2)": lambda: GaussianMixture.create(
+            weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.0, -0.5]], covs=[np.diag([0.3, 0.1]), np.diag([0.5, 0.1])],
+            dx=1, sigma_r=float(np.sqrt(0.1))),
+        "EmpiricalMeasure (n=1024)": lambda: EmpiricalMeasure.from_samples(
+            FAM.sample(jax.random.PRNGKey(3), 1024), FAM),
+        "Embedded (sine in R^16)": lambda: Embedded.create(
+            NonlinearRule.create(GaussianX(0.0, 1.0), Sine(k=2.0), 0.1), D=16, key=jax.random.PRNGKey(4)),
+    }
+
+
+def bench_families(batch: int, repeats: int, inner: int = 10) -> list[dict]:
+    rows = []
+    for name, make in _families().items():
+        try:
+            fam = make()
+        except Exception as err:  # another module's bug must not hide the other rows
+            rows.append({"family": name, "dim": -1, "evals_per_s": float("nan"), "error": repr(err)[:120]})
+            continue
+        z = fam.sample(jax.random.PRNGKey(0), batch).astype(jnp.float32)
+        t = jnp.linspace(0.05, 1.0, batch, dtype=jnp.float32)
+
+        @jax.jit
+        def many(z, t, fam=fam):  # `inner` evaluations in one program: per-call dispatch excluded
+            return jax.lax.fori_loop(0, inner, lambda i, acc: acc + fam.score(z + 1e-3 * i, t, SCHED), jnp.zeros_like(z))
+
+        jax.block_until_ready(many(z, t))
+        best = min(_timed(lambda: jax.block_until_ready(many(z, t)))[0] for _ in range(repeats))
+        rows.append({"family": name, "dim": int(fam.dim), "evals_per_s": batch * inner / best})
+    return rows
+
+
+def bench_compiles(ns, e: int, steps: int) -> dict:
+    """A full sweep over n: one padded shape [E, n_max, D], n_valid = n for every member."""
+    n_max = max(ns)
+    cfg = dsm.TrainConfig(network=network_config("mlp", 2, width=32), n_steps=steps, batch_size=32,
+                          log_every=steps, eval_size=256)
+    data = FAM.sample(jax.random.PRNGKey(0), e * n_max).reshape(e, n_max, 2)
+    before = dsm.compile_count()
+    for i, n in enumerate(ns):
+        dsm.train_ensemble(jax.random.split(jax.random.PRNGKey(i), e), data, SCHED, cfg,
+                           n_valid=np.full(e, n), family=FAM)
+    return {"ns": list(ns), "E": e, "cells": len(ns), "compilations": dsm.compile_count() - before}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short run: fewer steps and repeats, E <= 16")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--ensembles", type=int, nargs="+", default=None, help="default 1 4 16 64 (quick: 1 4 16)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (best kept)")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = p.parse_args(argv)
+    quick = args.quick
+    ens = args.ensembles or ([1, 4, 16] if quick else [1, 4, 16, 64])
+    reps = args.repeats or (2 if quick else 3)
+    out: dict = {"devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "quick": quick}
+    print(f"devices: {jax.devices()}  (jax {jax.__version__}){'  [--quick]' if quick else ''}")
+
+    mm = matmul_gflops(1024, repeats=5 if quick else 10)
+    print(f"machine f32 matmul (1024^3), start of run: {mm:.1f} GFLOP/s", flush=True)
+    if "train_small" in args.only:
+        out["train_small"] = bench_train_table(128, 32, ens, steps=200 if quick else 1000, repeats=reps)
+    if "train_large" in args.only:
+        out["train_large"] = bench_train_table(512, 512, ens, steps=4 if quick else 10, repeats=reps)
+    mm_end = matmul_gflops(1024, repeats=5 if quick else 10)
+    print(f"machine f32 matmul (1024^3), after training: {mm_end:.1f} GFLOP/s", flush=True)
+    out["matmul_gflops"] = mm = max(mm, mm_end)
+    if "train_small" in args.only:
+        print_train("Training, width 128, depth 2, batch 32", out["train_small"], mm)
+    if "train_large" in args.only:
+        print_train("Training, width 512, depth 2, batch 512", out["train_large"], mm)
+    if "sampler" in args.only:
+        out["sampler"] = bench_sampler(1024 if quick else 4096, 100, reps)
+        print("\n## Sampler (Euler–Maruyama, D = 2)\n| score | samples | steps | samples×steps/s |\n|---|---:|---:|---:|")
+        for r in out["sampler"]:
+            print(f"| {r['score']} | {r['n']} | {r['n_steps']} | {r['sample_steps_per_s']:.3g} |", flush=True)
+    if "families" in args.only:
+        out["families"] = bench_families(4096, reps)
+        print("\n## Exact score per family (batch 4096, float32)\n| family | D | evaluations/s |\n|---|---:|---:|")
+        for r in out["families"]:
+            val = f"{r['evals_per_s']:.3g}" if "error" not in r else f"construction failed: {r['error']}"
+            print(f"| {r['family']} | {r['dim']} | {val} |", flush=True)
+    if "compiles" in args.only:
+        ns = [16, 32, 64, 128] if quick else [16, 32, 64, 128, 256, 512, 1024]
+        out["compiles"] = c = bench_compiles(ns, e=4, steps=20 if quick else 100)
+        print(f"\n## Compilations for a sweep over n = {c['ns']} (E = {c['E']}, one padded shape): "
+              f"{c['compilations']} for {c['cells']} cells", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

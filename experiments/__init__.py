@@ -1,0 +1,1 @@
+"""Experiments: thin scripts that compose dsmtheory and write figures/NAME.{png,json}."""
