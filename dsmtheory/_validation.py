@@ -110,3 +110,18 @@ def as_python_float(name: str, value: Any) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return out
+
+
+def check_key(name: str, key) -> None:
+    """Raise TypeError unless `key` is a JAX PRNG key (typed key, or raw uint32 [..., 2])."""
+    if not is_concrete(key):
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key)[-1:] == (2,):
+        return
+    raise TypeError(
+        f"{name} must be a JAX PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), "
+        f"got {type(key).__name__} {key!r}"
+    )

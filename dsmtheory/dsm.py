@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dsmtheory._validation import check_choice, check_int, check_positive, check_in_range
+from dsmtheory._validation import check_choice, check_in_range, check_int, check_key, check_positive
 from dsmtheory.networks import ModuleApply, NetworkConfig, network_config  # noqa: F401 (re-export)
 from dsmtheory.schedules import Schedule
 from dsmtheory.scores import PARAMETERISATIONS, LearnedScore, output_to_score
@@ -390,9 +390,16 @@ def _train_step(state: TrainState, data, n_valid, schedule, hyper: Hyper, spec: 
     return TrainState(params, opt_state, ema, state.step + 1, state.key, perm), loss
 
 
+# Scan unrolling for vmapped ensembles: measured on 2 CPU cores (issue 7, width 128, batch 32,
+# E = 16) unroll=4 cuts the ensemble's per-step time by ~12% (2.24 -> 1.96 ms), while for a
+# single model it costs ~15% (0.18 -> 0.21 ms), so only ensembles unroll. Same ops, same order.
+ENSEMBLE_SCAN_UNROLL = 4
+
+
 def _chunk_single(state, data, n_valid, schedule, eval_set, hyper, *, spec: _Spec, length: int):
+    unroll = min(ENSEMBLE_SCAN_UNROLL, length) if spec.ensemble else 1
     state, losses = jax.lax.scan(lambda s, _: _train_step(s, data, n_valid, schedule, hyper, spec), state, None,
-                                 length=length)
+                                 length=length, unroll=unroll)
     p = state.ema_params if spec.config.ema_decay is not None else state.params
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params)]))
     metrics = {"params_finite": finite}
@@ -655,6 +662,7 @@ def train(key, data, schedule: Schedule, config: TrainConfig, *, model=None, fam
     `family` (optional) supplies the exact score for L* and the excess (module doc).
     `model`: any flax module with apply(params, z [B, D], t [B]) -> [B, D]; default
     `config.network.build(schedule)`."""
+    check_key("key", key)
     key = jnp.asarray(key)
     eval_key = jax.random.fold_in(key, 0x5EED) if eval_key is None else eval_key
     return _train_impl(key, data, n_valid, schedule, config, model, family, quiet, False, eval_key)
@@ -675,6 +683,7 @@ def train_ensemble(keys, data, schedule: Schedule, config: TrainConfig, *, n_val
     device count, replicated otherwise); True/False force it on/off. The returned
     params keep that sharding, so `sample_ensemble` on `learned_score(result)` runs
     sharded too. Results equal the unsharded run to float tolerance."""
+    check_key("keys", keys)
     keys = jnp.asarray(keys)
     if shard is not None and not isinstance(shard, bool):
         raise TypeError(f"shard must be None or a bool, got {type(shard).__name__}")

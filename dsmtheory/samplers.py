@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dsmtheory._validation import check_choice, check_in_range, check_int, is_concrete
+from dsmtheory._validation import check_choice, check_in_range, check_int, check_key, is_concrete
 from dsmtheory.schedules import Schedule
 
 Array = jax.Array
@@ -294,6 +294,7 @@ def tweedie_denoise(score_fn: Callable, schedule: Schedule, z: Array, *, check_f
 
 def _prepare(score_fn, schedule, key, n, dim, z_init, method, n_steps, eta):
     _check_score_and_schedule(score_fn, schedule)
+    check_key("key", key)
     method = _canonical_method(method)
     n_steps = check_int("n_steps", n_steps, minimum=1)
     check_in_range("eta", eta, 0.0, 1.0)

@@ -196,4 +196,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments._cli import run
+
+    run(main)

@@ -105,6 +105,11 @@ def apply_overrides(settings: dict, args, keys: Sequence[str]) -> dict:
         if value is not None:
             s[key] = sorted(value) if isinstance(value, list) else value
     s["empirical"] = not getattr(args, "no_empirical", False)
+    for key in ("n", "width", "train_steps", "samples", "sample_steps", "empirical_samples", "grid"):
+        value = s.get(key)
+        if isinstance(value, int) and value < (2 if key == "grid" else 1):
+            flag = "--" + key.replace("_", "-")
+            raise SystemExit(f"error: {flag} must be >= {2 if key == 'grid' else 1}, got {value}")
     if s.get("seeds", 2) < 2:
         raise SystemExit("error: --seeds must be >= 2 (CIs over seeds)")
     return s
@@ -357,5 +362,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    out = main()
-    sys.exit(0 if out.get("check", {}).get("agree", True) else 1)
+    from experiments._cli import run
+
+    run(main)

@@ -82,7 +82,10 @@ def _config(args) -> dict:
         if val is not None:
             cfg[name] = list(val) if name == "w_grid" else val
     for w in cfg["w_grid"]:
-        G.check_guidance_weight(w)
+        try:
+            G.check_guidance_weight(w)
+        except ValueError as err:
+            raise SystemExit(f"error: --w-grid: {err}") from None
     if args.base_inflation <= 0 or args.clip <= 0:
         raise SystemExit("error: --base-inflation and --clip must be > 0")
     cfg.update(mode="quick" if args.quick else "full", rules=dict(RULES), schedule="vp_linear",
@@ -232,4 +235,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments._cli import run
+
+    run(main)

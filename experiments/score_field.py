@@ -232,5 +232,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    out = main()
-    sys.exit(0 if out.get("check", {}).get("agree", True) else 1)
+    from experiments._cli import run
+
+    run(main)

@@ -95,6 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         p.error(f"--tasks must name some of {list(TASKS)}, got {args.tasks!r}")
+    if not 24 <= args.size <= 32:
+        raise SystemExit(f"error: --size must lie in [24, 32] (the extractors' tested range), got {args.size}")
     if not mode["n_values"] or min(mode["n_values"]) < 2:
         p.error("--n-values must be integers >= 2")
     args.tasks_list = tasks
@@ -320,5 +322,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    from experiments._cli import run
+
+    run(main)

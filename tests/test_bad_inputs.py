@@ -238,17 +238,7 @@ API_CASES = [
 # Known gaps (reported to the lead for routing): strict xfail keeps the suite green while the
 # gap stays visible; when the owning module adds the check the row XPASSes and fails, so the
 # mark must then be removed.
-KNOWN_GAPS = {
-    "score-schedule-not-a-schedule": "families/base.py Family.check_inputs does not type-check schedule: "
-                                     "a str gives AttributeError 'str' object has no attribute 'check_t'",
-    "lg-mu-x-nan": "LinearGaussian.create/__post_init__ accept a NaN mu_x (no check_finite on mu_x, A, b)",
-    "lg-conditional-x-wrong-dim": "LinearGaussian.conditional_t does not check x's last dimension == dx; "
-                                  "x [4, 2] with dx = 1 broadcasts silently and returns numbers",
-    "sample-key-not-a-key": "Family.sample passes an int key to jax.random: JAX's own TypeError "
-                            "'invalid PRNG key data' from jax/_src/prng.py, not naming the parameter",
-    "sampler-key-not-a-key": "samplers.sample does not check key: JAX's TypeError from jax/_src/prng.py",
-    "train-key-not-a-key": "dsm.train does not check key: JAX's TypeError from jax/_src/prng.py",
-}
+KNOWN_GAPS: dict[str, str] = {}  # every gap found so far is fixed; add rows here as xfail(strict) when one is found
 
 
 def _api_params():
@@ -274,7 +264,7 @@ def test_api_bad_input_is_refused_with_named_parameter(thunk, exc, needle):
 
 
 def test_table_is_large_enough():
-    n_cli = len(MEASURE_CASES) + len(EXPERIMENT_FLAG_CASES)
+    n_cli = len(MEASURE_CASES) + len(EXPERIMENT_FLAG_CASES) + len(EXPERIMENT_VALUE_CASES)
     assert len(API_CASES) + n_cli >= 30
     assert n_cli >= 10
 
@@ -326,20 +316,20 @@ MEASURE_CASES = [
      "'y'"),
     ("csv-nan-value", lambda tmp: [str(_csv(tmp, nan_at=7)), "--rule", "linear", "--sigma-r", "0.1"], "NaN"),
     ("npz-3d-array", lambda tmp: [str(_npz(tmp, x=np.zeros((10, 2, 2)), y=np.zeros(10))), "--rule", "linear",
-                                  "--sigma-r", "0.1"], "shape"),
+                                  "--sigma-r", "0.1"], "'x' must have shape"),
     ("npz-length-mismatch", lambda tmp: [str(_npz(tmp, x=np.zeros(10), y=np.zeros(9))), "--rule", "linear",
                                          "--sigma-r", "0.1"], "rows"),
     ("npz-not-a-zip", lambda tmp: [str(_write(tmp / "g.npz", "not a zip")), "--rule", "linear", "--sigma-r", "0.1"],
      "npz"),
     ("sigma-r-negative", lambda tmp: [str(_csv(tmp)), "--rule", "linear", "--sigma-r", "-1"], "--sigma-r"),
     ("sigma-r-text", lambda tmp: [str(_csv(tmp)), "--rule", "linear", "--sigma-r", "abc"], "--sigma-r"),
-    ("unknown-rule", lambda tmp: [str(_csv(tmp)), "--rule", "nope", "--sigma-r", "0.1"], "rule"),
+    ("unknown-rule", lambda tmp: [str(_csv(tmp)), "--rule", "nope", "--sigma-r", "0.1"], "--rule 'nope'"),
     ("rule-param-malformed", lambda tmp: [str(_csv(tmp)), "--rule", "sin", "--rule-param", "k8", "--sigma-r", "0.1"],
      "--rule-param"),
     ("rule-param-unknown-name", lambda tmp: [str(_csv(tmp)), "--rule", "sin", "--rule-param", "q=8", "--sigma-r", "0.1"],
-     "q"),
+     "'q'"),
     ("rule-param-out-of-range", lambda tmp: [str(_csv(tmp)), "--rule", "sin", "--rule-param", "k=-2", "--sigma-r", "0.1"],
-     "k"),
+     "k must"),
     ("bins-zero", lambda tmp: [str(_csv(tmp)), "--rule", "linear", "--sigma-r", "0.1", "--bins", "0"], "--bins"),
     ("missing-required-rule", lambda tmp: [str(_csv(tmp)), "--sigma-r", "0.1"], "--rule"),
 ]
@@ -399,6 +389,49 @@ def test_experiment_cli_bad_flag_exits_2(module, argv, needle, capsys):
     assert info.value.code == 2
     assert needle in err, err
     assert "Traceback" not in err
+
+
+# Flags that parse but carry a bad value: the run must stop before computing, with a non-zero
+# exit and a one-line message naming the flag (SystemExit("error: ...") prints it to stderr
+# and exits 1), not a traceback.
+EXPERIMENT_VALUE_CASES = [
+    ("oracle_check", ["--quick", "--n-samples", "5"], "--n-samples", None),
+    ("constant_error", ["--quick", "--n-values", "0", "16"], "--n-values", None),
+    ("constant_error", ["--quick", "--seeds", "0"], "--seeds", None),
+    ("capacity", ["--quick", "--width-values", "0"], "--width-values", None),
+    ("classifier_signal", ["--quick", "--sigma-r", "-1"], "--sigma-r", None),
+    ("filtering", ["--quick", "--base-inflation", "-1"], "--base-inflation", None),
+    ("loss_share", ["--quick", "--D-values", "1"], "--D-values", None),
+    ("coarse_vs_fine", ["--quick", "--width", "0"], "--width", None),
+    ("guidance", ["--quick", "--w-grid", "-1", "0"], "--w-grid", None),
+    ("synthetic_tasks", ["--quick", "--size", "2"], "--size", None),
+    ("score_field", ["--quick", "--grid", "0"], "--grid", None),
+]
+
+
+def _value_params():
+    out = []
+    for module, argv, needle, gap in EXPERIMENT_VALUE_CASES:
+        marks = []
+        if gap is not None:
+            marks = [pytest.mark.xfail(strict=True, reason=gap, run=not gap.startswith("RUN=False"))]
+        out.append(pytest.param(module, argv, needle, marks=marks, id=f"{module}{argv[1]}"))
+    return out
+
+
+@pytest.mark.parametrize("module, argv, needle", _value_params())
+def test_experiment_cli_bad_value_stops_with_one_line(module, argv, needle, tmp_path, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"experiments.{module}")
+    with pytest.raises(SystemExit) as info:
+        mod.main([*argv, "--out", str(tmp_path)])
+    code = info.value.code
+    assert code not in (0, None)
+    message = code if isinstance(code, str) else capsys.readouterr().err
+    lines = [ln for ln in str(message).splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in lines[0], message
+    assert not list(tmp_path.glob("*.json")), "a refused run must not write results"
 
 
 # ------------------------------------------------------------------------------------ real subprocesses

@@ -135,6 +135,7 @@ def _check_outputs(out: dict, out_dir: Path, name: str) -> dict:
     return stored
 
 
+@pytest.mark.slow
 def test_coarse_vs_fine_tiny(tmp_path):
     out_dir, cells = tmp_path / "fig", tmp_path / "cells"
     args = TINY + ["--sigma-r-values", "0.1", "0.3", "--k-values", "2", "3", "--out", str(out_dir),
@@ -154,8 +155,17 @@ def test_coarse_vs_fine_tiny(tmp_path):
     again = coarse_vs_fine.main(args)
     assert again["compute_seconds_all_cells"] == pytest.approx(out["compute_seconds_all_cells"])
     assert coarse_vs_fine.main(args + ["--check"])["check"]["agree"]
+    # a tampered stored number must be caught by --check (it recomputes the first cell: σ_r = 0.1, k = 2)
+    first = next(p for p in cells.glob("*.json")
+                 if json.loads(p.read_text())["config"]["sigma_r"] == 0.1
+                 and json.loads(p.read_text())["config"]["rule_params"]["k"] == 2.0)
+    record = json.loads(first.read_text())
+    record["result"]["learned"]["rho"][0] *= 1.01
+    first.write_text(json.dumps(record))
+    assert not coarse_vs_fine.main(args + ["--check"])["check"]["agree"]
 
 
+@pytest.mark.slow
 def test_capacity_tiny(tmp_path):
     out_dir = tmp_path / "fig"
     args = TINY + ["--width-values", "8", "16", "--steps-values", "10", "20", "--out", str(out_dir),
@@ -169,6 +179,7 @@ def test_capacity_tiny(tmp_path):
         assert v["constant_error"] == (v["slope"]["lo"] <= 0 <= v["slope"]["hi"] and v["excess"]["lo"] > 0)
 
 
+@pytest.mark.slow
 def test_loss_share_tiny(tmp_path):
     out_dir = tmp_path / "fig"
     args = TINY + ["--sigma-r-values", "0.1", "0.3", "--D-values", "2", "4", "--out", str(out_dir),
@@ -190,6 +201,7 @@ def test_loss_share_tiny(tmp_path):
     assert study._score_diagnostics.__name__ == "_score_diagnostics"
 
 
+@pytest.mark.slow
 def test_score_field_tiny(tmp_path):
     out_dir = tmp_path / "fig"
     args = ["--n", "64", "--width", "8", "--train-steps", "20", "--samples", "60", "--sample-steps", "10",

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dsmtheory._validation import check_int, check_last_dim
+from dsmtheory._validation import check_int, check_key, check_last_dim
 from dsmtheory.schedules import Schedule
 
 Array = jax.Array
@@ -117,9 +117,17 @@ class Family(struct.PyTreeNode):
                     f"t of shape {t_shape} does not broadcast against z's batch shape {batch}"
                 ) from err
             if schedule is not None:
+                if not isinstance(schedule, Schedule):
+                    raise TypeError(
+                        f"schedule must be a dsmtheory Schedule (e.g. get_schedule('vp_linear')), "
+                        f"got {type(schedule).__name__} {schedule!r}"
+                    )
                 schedule.check_t(t)
 
-    def check_n(self, n) -> int:
+    def check_n(self, n, key=None) -> int:
+        """Validate `n` (and the PRNG `key`, when given) for `sample`."""
+        if key is not None:
+            check_key("key", key)
         return check_int("n", n, minimum=1)
 
     def to_config(self) -> dict:  # pragma: no cover - subclasses fill in

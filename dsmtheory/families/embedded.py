@@ -103,7 +103,7 @@ class Embedded(Family):
 
     # --- the distribution -------------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
-        return _embedded_sample(self, key, self.check_n(n))
+        return _embedded_sample(self, key, self.check_n(n, key))
 
     def _sample(self, key: Array, n: int) -> Array:
         kb, kn = jax.random.split(key)

@@ -116,7 +116,7 @@ class EmpiricalMeasure(Family):
     # --- the distribution ----------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
         """n draws from p̂: training points chosen uniformly (with replacement)."""
-        n = self.check_n(n)
+        n = self.check_n(n, key)
         idx = jax.random.categorical(key, self.log_weights, shape=(n,))
         return self.points[idx]
 

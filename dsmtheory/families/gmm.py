@@ -158,7 +158,7 @@ class GaussianMixture(Family):
 
     # --- the distribution -----------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
-        return _gmm_sample(self, key, self.check_n(n))
+        return _gmm_sample(self, key, self.check_n(n, key))
 
     def _sample(self, key: Array, n: int) -> Array:
         kc, kn = jax.random.split(key)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsmtheory._validation import check_positive, is_concrete
+from dsmtheory._validation import check_finite, check_last_dim, check_positive, is_concrete
 from dsmtheory.families.base import Family
 from dsmtheory.schedules import Schedule
 
@@ -37,6 +37,8 @@ class LinearGaussian(Family):
 
     def __post_init__(self):
         check_positive("sigma_r", self.sigma_r)
+        for name in ("mu_x", "cov_x", "A", "b"):
+            check_finite(name, getattr(self, name))
         if is_concrete(self.cov_x):
             cov = np.asarray(self.cov_x)
             dx = np.shape(self.mu_x)[-1]
@@ -88,7 +90,7 @@ class LinearGaussian(Family):
 
     # --- the distribution ---------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
-        n = self.check_n(n)
+        n = self.check_n(n, key)
         kx, ky = jax.random.split(key)
         chol = jnp.linalg.cholesky(self.cov_x)
         x = self.mu_x + jax.random.normal(kx, (n, self.dx)) @ chol.T
@@ -122,6 +124,8 @@ class LinearGaussian(Family):
     def conditional_t(self, x: Array, t: Array, schedule: Schedule) -> tuple[Array, Array]:
         """Mean [..., dy] and covariance [..., dy, dy] of p_t(y_t | x_t) (Gaussian conditioning
         of N(α m, α²C + σ²I))."""
+        check_last_dim("x", x, self.dx)
+        schedule.check_t(t)
         mean, cov = self.noised_moments(t, schedule)
         dx = self.dx
         cxx, cxy, cyy = cov[..., :dx, :dx], cov[..., :dx, dx:], cov[..., dx:, dx:]

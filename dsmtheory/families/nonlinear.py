@@ -379,7 +379,7 @@ class NonlinearRule(Family):
 
     # --- the distribution ---------------------------------------------------------------
     def sample(self, key: Array, n: int) -> Array:
-        return _nonlinear_sample(self, key, self.check_n(n))
+        return _nonlinear_sample(self, key, self.check_n(n, key))
 
     def _sample(self, key: Array, n: int) -> Array:
         kx, ky = jax.random.split(key)
