@@ -105,18 +105,15 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as JSON to `path` atomically (temp file + fsync + rename)."""
+def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Call `write(tmp_path)` on a temporary file in `path`'s folder, then rename it onto
+    `path` (same filesystem, so the rename is atomic); the temporary file never survives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -126,6 +123,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
             pass
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as JSON to `path` atomically (temp file + fsync + rename)."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)  # refuses NaN before any file exists
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return _atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -135,21 +146,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
     """Save a matplotlib figure atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:] or "png"))
 
 
 def write_results(

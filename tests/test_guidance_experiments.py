@@ -39,8 +39,9 @@ def test_guidance_experiment_tiny(tmp_path):
     with pytest.raises(SystemExit) as err:
         guidance.main(["--check", "--out", str(tmp_path)])
     assert err.value.code == 1
-    with pytest.raises(ValueError, match="w"):
+    with pytest.raises(SystemExit, match="--w-grid") as err:  # refused before any computation
         guidance.main(["--quick", "--out", str(tmp_path), "--w-grid", "0", "-1"])
+    assert "w must be finite and >= 0" in str(err.value.code)
 
 
 def test_classifier_signal_experiment_tiny(tmp_path):

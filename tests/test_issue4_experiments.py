@@ -166,6 +166,7 @@ def test_coarse_vs_fine_tiny(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # opt-in (`pytest -m extended`): the suite's time budget; logic covered above
 def test_capacity_tiny(tmp_path):
     out_dir = tmp_path / "fig"
     args = TINY + ["--width-values", "8", "16", "--steps-values", "10", "20", "--out", str(out_dir),
@@ -180,6 +181,7 @@ def test_capacity_tiny(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # opt-in (`pytest -m extended`): the suite's time budget; logic covered above
 def test_loss_share_tiny(tmp_path):
     out_dir = tmp_path / "fig"
     args = TINY + ["--sigma-r-values", "0.1", "0.3", "--D-values", "2", "4", "--out", str(out_dir),
