@@ -235,6 +235,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments._cli import run
+    from experiments._cli import run as run_cli
 
-    run(main)
+    run_cli(main)
