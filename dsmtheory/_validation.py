@@ -2,7 +2,7 @@
 
 Checks run only on *concrete* values (Python numbers, NumPy arrays, committed
 JAX arrays). Inside `jit`/`vmap` the same constructors are re-run on tracers
-(flax.struct dataclasses call ``__post_init__`` on unflatten), where a Python
+(pytree nodes, `dsmtheory._pytree`, call ``__post_init__`` on unflatten), where a Python
 ``if`` would fail; there the check is skipped, since the value was already
 checked when the object was first built outside the transformation.
 """

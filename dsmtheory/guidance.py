@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import (
     check_choice,
@@ -63,7 +63,7 @@ FINE_KINDS = ("sign", "gaussian")
 # ======================================================================================
 # Negatives
 # ======================================================================================
-class NegativeSpec(struct.PyTreeNode):
+class NegativeSpec(PyTreeNode):
     """Which contrastive negatives a classifier is trained against (static configuration).
 
     coarse_weight: share of negatives that are coarse (y paired with another sample's x);
@@ -75,9 +75,9 @@ class NegativeSpec(struct.PyTreeNode):
                    mixture, so the exact classifier exists (`exact_linear_gaussian_classifier`).
     """
 
-    coarse_weight: float = struct.field(pytree_node=False, default=0.5)
-    fine_scales: tuple = struct.field(pytree_node=False, default=(1.0, 2.0, 4.0))
-    fine_kind: str = struct.field(pytree_node=False, default="sign")
+    coarse_weight: float = field(pytree_node=False, default=0.5)
+    fine_scales: tuple = field(pytree_node=False, default=(1.0, 2.0, 4.0))
+    fine_kind: str = field(pytree_node=False, default="sign")
 
     def __post_init__(self):
         check_in_range("coarse_weight", self.coarse_weight, 0.0, 1.0)
@@ -168,7 +168,7 @@ def _mixed_negatives(key: Array, family, z_x: Array, z_y: Array, spec: NegativeS
 # ======================================================================================
 # Log-classifiers (callable pytrees for GuidedScore)
 # ======================================================================================
-class LogClassifier(struct.PyTreeNode):
+class LogClassifier(PyTreeNode):
     """Callable pytree: `self(z, t) = log P(conforms | z_t)` = log σ(logit(z, t))."""
 
     def logit(self, z: Array, t: Array) -> Array:  # pragma: no cover - abstract
@@ -184,7 +184,7 @@ class LogClassifier(struct.PyTreeNode):
 # --------------------------------------------------------------------------------------
 # Exact classifier for Gaussian positives / Gaussian-mixture negatives
 # --------------------------------------------------------------------------------------
-class JointGaussian(struct.PyTreeNode):
+class JointGaussian(PyTreeNode):
     """N(mean, cov) in z-space; noised by a schedule it is N(α mean, α² cov + σ² I) (THEORY §2.1).
 
     Used for distributions the family classes cannot express, e.g. the coarse negatives
@@ -364,10 +364,10 @@ class LearnedClassifier(LogClassifier):
     """A trained `RuleClassifierNet` as a log-classifier. `params` of one network, or of an
     ensemble stacked on a leading axis with `ensemble=True` (the logits are averaged)."""
 
-    net: RuleClassifierNet = struct.field(pytree_node=False)
+    net: RuleClassifierNet = field(pytree_node=False)
     params: Any
     schedule: Schedule
-    ensemble: bool = struct.field(pytree_node=False, default=False)
+    ensemble: bool = field(pytree_node=False, default=False)
 
     def logit(self, z, t):
         z_in, u = _classifier_inputs(z, t, self.schedule)
@@ -376,17 +376,17 @@ class LearnedClassifier(LogClassifier):
         return self.net.apply(self.params, z_in, u)
 
 
-class ClassifierConfig(struct.PyTreeNode):
+class ClassifierConfig(PyTreeNode):
     """Static training configuration of the rule classifier."""
 
-    hidden: int = struct.field(pytree_node=False, default=128)
-    depth: int = struct.field(pytree_node=False, default=3)
-    time_features: int = struct.field(pytree_node=False, default=16)
-    n_steps: int = struct.field(pytree_node=False, default=2000)
-    batch_size: int = struct.field(pytree_node=False, default=256)
-    learning_rate: float = struct.field(pytree_node=False, default=1e-3)
-    negatives: NegativeSpec = struct.field(pytree_node=False, default=NegativeSpec())
-    shuffle_labels: bool = struct.field(pytree_node=False, default=False)
+    hidden: int = field(pytree_node=False, default=128)
+    depth: int = field(pytree_node=False, default=3)
+    time_features: int = field(pytree_node=False, default=16)
+    n_steps: int = field(pytree_node=False, default=2000)
+    batch_size: int = field(pytree_node=False, default=256)
+    learning_rate: float = field(pytree_node=False, default=1e-3)
+    negatives: NegativeSpec = field(pytree_node=False, default=NegativeSpec())
+    shuffle_labels: bool = field(pytree_node=False, default=False)
 
     def __post_init__(self):
         check_int("hidden", self.hidden, minimum=1)
@@ -414,14 +414,14 @@ class ClassifierConfig(struct.PyTreeNode):
         }
 
 
-class ClassifierFit(struct.PyTreeNode):
+class ClassifierFit(PyTreeNode):
     """Result of `train_classifier`: params stacked over seeds [n_seeds, ...] and the
     per-step training loss [n_seeds, n_steps]."""
 
     params: Any
     losses: Array
     schedule: Schedule
-    config: ClassifierConfig = struct.field(pytree_node=False)
+    config: ClassifierConfig = field(pytree_node=False)
 
     @property
     def n_seeds(self) -> int:
@@ -718,7 +718,7 @@ _norm_profile_jit = jax.jit(_norm_profile)
 # ======================================================================================
 # Filtering
 # ======================================================================================
-class OracleDetector(struct.PyTreeNode):
+class OracleDetector(PyTreeNode):
     """Accept a clean sample if ‖y − f(x)‖ < c σ_r √dy with the family's known rule f.
 
     The oracle: it uses the true rule, which a practitioner does not have. With c = 3 a
@@ -736,7 +736,7 @@ class OracleDetector(struct.PyTreeNode):
         return jnp.linalg.norm(r, axis=-1) < self.c * self.family.sigma_r * math.sqrt(self.family.dy)
 
 
-class ClassifierDetector(struct.PyTreeNode):
+class ClassifierDetector(PyTreeNode):
     """Accept a clean sample if the rule classifier, read at the smallest noise level t,
     says P(conforms | z) > threshold. Needs no knowledge of the rule, only the classifier."""
 
@@ -760,7 +760,7 @@ def filter_samples(z: Array, detector: Callable) -> tuple[Array, float]:
     """(accepted samples [m, dim], acceptance rate m/n) for a detector(z) -> bool [n]."""
     if z.ndim != 2:
         raise ValueError(f"z must have shape [n, dim], got {z.shape}")
-    keep = np.asarray(_apply_detector(detector, jnp.asarray(z)) if isinstance(detector, struct.PyTreeNode)
+    keep = np.asarray(_apply_detector(detector, jnp.asarray(z)) if isinstance(detector, PyTreeNode)
                       else detector(z), dtype=bool)
     if keep.shape != z.shape[:1]:
         raise ValueError(f"detector must return one bool per sample, got shape {keep.shape}")

@@ -16,14 +16,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_finite, check_in_range, check_int, check_positive
 
 Array = jax.Array
 
 
-class Rule(struct.PyTreeNode):
+class Rule(PyTreeNode):
     """y = f(x). Subclasses implement `__call__(x: [..., dx]) -> [..., dy]`."""
 
     name: ClassVar[str] = "abstract"
@@ -155,8 +155,8 @@ class Perspective(Rule):
 class LinearMap(Rule):
     """y = A x + b for any dx, dy (A: [dy, dx])."""
 
-    A: Array = struct.field(default_factory=lambda: jnp.ones((1, 1)))
-    b: Array = struct.field(default_factory=lambda: jnp.zeros((1,)))
+    A: Array = field(default_factory=lambda: jnp.ones((1, 1)))
+    b: Array = field(default_factory=lambda: jnp.zeros((1,)))
     name: ClassVar[str] = "linear_map"
 
     def __post_init__(self):

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_choice, check_in_range, check_int, check_key, is_concrete
 from dsmtheory.schedules import Schedule
@@ -87,13 +87,13 @@ def _check_score_and_schedule(score_fn: Any, schedule: Any) -> None:
         raise TypeError(f"schedule must be a dsmtheory Schedule, got {type(schedule).__name__}")
 
 
-class _StaticScore(struct.PyTreeNode):
+class _StaticScore(PyTreeNode):
     """Wraps a plain callable (no pytree leaves) so that it can be passed to the jitted core.
 
     The callable is a static field: the compiled sampler is cached per callable object, so
     re-creating a closure recompiles. Score pytrees (dsmtheory.scores) avoid that."""
 
-    fn: Callable = struct.field(pytree_node=False)
+    fn: Callable = field(pytree_node=False)
 
     def __call__(self, z, t):
         return self.fn(z, t)

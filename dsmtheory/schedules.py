@@ -27,14 +27,14 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_in_range, check_int, check_positive, is_concrete
 
 Array = jax.Array
 
 
-class Schedule(struct.PyTreeNode):
+class Schedule(PyTreeNode):
     """Base class. Subclasses define `log_alpha(t)`, `sigma_sq(t)` and the fields
     `t_min`, `t_max`; everything else comes from those."""
 

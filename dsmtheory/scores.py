@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_choice, check_finite, check_positive
 from dsmtheory.schedules import Schedule
@@ -32,7 +32,7 @@ Array = jax.Array
 PARAMETERISATIONS = ("eps", "x0", "score")
 
 
-class ScoreFunction(struct.PyTreeNode):
+class ScoreFunction(PyTreeNode):
     """Callable pytree: `self(z [..., D], t [...]) -> [..., D]`."""
 
     def __call__(self, z: Array, t: Array) -> Array:  # pragma: no cover - abstract
@@ -80,10 +80,10 @@ class LearnedScore(ScoreFunction):
     by the module's configuration), `params` are pytree leaves.
     """
 
-    apply_fn: Callable = struct.field(pytree_node=False)
+    apply_fn: Callable = field(pytree_node=False)
     params: Any
     schedule: Schedule
-    parameterisation: str = struct.field(pytree_node=False, default="eps")
+    parameterisation: str = field(pytree_node=False, default="eps")
 
     def __post_init__(self):
         check_choice("parameterisation", self.parameterisation, PARAMETERISATIONS)
@@ -107,7 +107,7 @@ class GuidedScore(ScoreFunction):
     base: Any
     log_classifier: Any
     weight: float
-    max_guidance_norm: float | None = struct.field(pytree_node=False, default=None)
+    max_guidance_norm: float | None = field(pytree_node=False, default=None)
 
     def __post_init__(self):
         check_finite("weight", self.weight)

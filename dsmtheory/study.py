@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_choice, check_int, check_positive
 
@@ -186,7 +186,7 @@ def build_train_config(cell: dict):
                        eval_size=cell["eval_size"])
 
 
-class _SharedAcrossMembers(struct.PyTreeNode):
+class _SharedAcrossMembers(PyTreeNode):
     """One score function presented as an E-member stack (for `sample_ensemble`).
 
     `member` is a dummy [E] leaf mapped by vmap; the score itself is shared (in_axes
@@ -289,7 +289,7 @@ def compute_cell(cell: dict) -> dict:
     return result
 
 
-class _EmpiricalPerMember(struct.PyTreeNode):
+class _EmpiricalPerMember(PyTreeNode):
     """Adapter: the empirical-optimal score of member e's training set, for `sample_ensemble`.
 
     `points` [E, n, D] and `log_weights` [E, n] are mapped by vmap; inside the trace each

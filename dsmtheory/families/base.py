@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_int, check_key, check_last_dim
 from dsmtheory.schedules import Schedule
@@ -28,7 +28,7 @@ from dsmtheory.schedules import Schedule
 Array = jax.Array
 
 
-class Family(struct.PyTreeNode):
+class Family(PyTreeNode):
     """Base class: subclasses implement `sample`, `log_prob`, `log_prob_t`, `rule`,
     and the properties `dx`, `dy`, `sigma_r`. Override `score` when a closed form exists."""
 

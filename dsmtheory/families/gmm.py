@@ -26,7 +26,7 @@ from typing import Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_int, check_positive, is_concrete
 from dsmtheory.families._noise import noise_levels
@@ -52,7 +52,7 @@ class GaussianMixture(Family):
     means: Array  # [K, dim]
     covs: Array  # [K, dim, dim]
     sigma_r: float
-    dx: int = struct.field(pytree_node=False, default=1)
+    dx: int = field(pytree_node=False, default=1)
     name: ClassVar[str] = "gaussian_mixture"
 
     def __post_init__(self):

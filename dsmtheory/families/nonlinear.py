@@ -75,7 +75,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_in_range, check_int, check_positive, is_concrete
 from dsmtheory.families._noise import noise_levels
@@ -100,7 +100,7 @@ def _log_normal(x: Array, mean: Array, var: Array) -> Array:
 # ---------------------------------------------------------------------------------------
 # Marginals of the cause x
 # ---------------------------------------------------------------------------------------
-class XMarginal(struct.PyTreeNode):
+class XMarginal(PyTreeNode):
     """A 1-D distribution of the cause x. Subclasses: GaussianX, UniformX, MixtureX."""
 
     name: ClassVar[str] = "abstract"
@@ -287,9 +287,9 @@ class NonlinearRule(Family):
     x_marginal: XMarginal
     f: Rule
     sigma_r: float
-    n_panels: int = struct.field(pytree_node=False, default=64)
-    window_k: float = struct.field(pytree_node=False, default=6.0)
-    window_r_max: float = struct.field(pytree_node=False, default=9.0)
+    n_panels: int = field(pytree_node=False, default=64)
+    window_k: float = field(pytree_node=False, default=6.0)
+    window_r_max: float = field(pytree_node=False, default=9.0)
     name: ClassVar[str] = "nonlinear"
 
     def __post_init__(self):

@@ -35,7 +35,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_choice, check_int, check_positive
 from dsmtheory.images.extract import region_mask, region_mass, windowed_centroid
@@ -45,12 +45,12 @@ from dsmtheory.rules import Perspective, Ratio, Reflection, Rule, Shadow
 Array = jax.Array
 
 
-class ImageTask(struct.PyTreeNode):
+class ImageTask(PyTreeNode):
     """Base class. A subclass defines the geometry (ClassVars), `sample_features`,
     `render_one` (one image from scalar features) and `extract` (images -> x̂, ŷ)."""
 
-    size: int = struct.field(pytree_node=False, default=24)
-    blur_px: float = struct.field(pytree_node=False, default=0.5)
+    size: int = field(pytree_node=False, default=24)
+    blur_px: float = field(pytree_node=False, default=0.5)
 
     name: ClassVar[str] = "abstract"
     x_label: ClassVar[str] = "x"
