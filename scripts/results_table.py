@@ -13,13 +13,29 @@ computed verdict / curve, with the numbers the verdict came from:
   slope with CI and its excess over the oracle with CI;
 - coarse_vs_fine: per cell the coarse and fine comparisons (learned − oracle, CI);
 - loss_share: per cell the rule-normal share of the DSM excess (CI) against 1/D;
-- score_field: per noise level the relative Fisher divergence and its rule-normal share.
+- score_field: per noise level the relative Fisher divergence and its rule-normal share;
+- oracle_check: per family, the range over schedules × samplers of ρ with the exact
+  score at the most accurate cell (most steps, smallest steps floor, denoised), which
+  schedule/sampler gave the lowest and highest, ρ of fresh truth samples, the raw ρ at
+  the largest noise floor and (empirical measure) the memorisation rate;
+- guidance: per rule, ρ of the unguided base and of the exact score (the oracle floor),
+  then per classifier (exact, learned) the w with ρ closest to 1, the lowest ρ and its
+  w, the reduction over w = 0 and ρ / clip fraction at the largest w;
+- classifier_signal: per kind of negative, the first t (and σ/α, σ/α/δ) where the exact
+  AUC is at chance, and both classifiers' AUC at the smallest t; the null sd;
+- filtering: per rule, ρ of the generated samples and of the truth before filtering,
+  then per detector the acceptance rate and ρ / coarse ratio after filtering;
+- synthetic_tasks: per task, ρ / coarse ratio / violation rate of the generated images
+  at the largest n (and at the other n), of the training images, and the settings.
 
-Files without any of these are listed with their top-level result keys, so the
-table says what it found and what it could not summarise; unreadable files are
-listed with the error. The mode is taken from the JSON's config ("quick"/"full";
-else from a `_quick` file-name suffix). Nothing is recomputed: every number is
-copied from the JSON. The table is printed and written to --out.
+`±` values are Monte Carlo standard errors as stored (`rho_se`); bracketed ones are
+95% CIs. Files without any of these are listed with their top-level result keys, so
+the table says what it found and what it could not summarise; unreadable files are
+listed with the error. The mode is taken from the JSON's config ("quick"/"full"; else
+from a `_quick` file-name suffix, which is also used when the config's mode is the
+dict of the mode's settings, as synthetic_tasks writes it). Nothing is recomputed:
+every number is copied from the JSON (ranges are min–max of stored numbers). The
+table is printed and written to --out.
 """
 
 from __future__ import annotations
@@ -53,6 +69,13 @@ def _ci(d: Any, value_key: str = "mean") -> str:
 
 
 def mode_of(doc: dict, path: Path) -> str:
+    """"quick"/"full" from the config (its own or its "settings"), else from the file name.
+
+    Files named NAME.json may hold quick results (oracle_check, guidance, classifier_signal
+    and filtering write NAME.json in both modes and record the mode as a string), so the
+    config wins over the name. synthetic_tasks stores the mode's settings dict under
+    "mode" and marks a quick run by the file name NAME_quick.json, so the name decides there.
+    """
     cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     for where in (cfg, cfg.get("settings") if isinstance(cfg.get("settings"), dict) else {}):
         m = where.get("mode")
@@ -60,7 +83,10 @@ def mode_of(doc: dict, path: Path) -> str:
             return m
         if isinstance(where.get("quick"), bool):
             return "quick" if where["quick"] else "full"
-    return "quick" if path.stem.endswith("_quick") else "full (assumed: no mode in config)"
+    quick = path.stem.endswith("_quick")
+    if isinstance(cfg.get("mode"), dict):  # settings without a name: the writer encodes the mode in the file name
+        return "quick" if quick else "full"
+    return "quick" if quick else "full (assumed: no mode in config)"
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:
@@ -86,7 +112,7 @@ def verdict_rows(results: Any) -> list[dict]:
     return rows
 
 
-def coarse_fine_rows(results: dict) -> list[dict]:
+def coarse_fine_rows(results: dict, _cfg: dict) -> list[dict]:
     rows = []
     for axis, sm in (results.get("axes") or {}).items():
         if not isinstance(sm, dict) or "comparisons" not in sm:
@@ -99,7 +125,7 @@ def coarse_fine_rows(results: dict) -> list[dict]:
     return rows
 
 
-def capacity_rows(results: dict) -> list[dict]:
+def capacity_rows(results: dict, _cfg: dict) -> list[dict]:
     rows = []
     for axis, sm in (results.get("axes") or {}).items():
         if isinstance(sm, dict) and "reading" in sm:
@@ -111,7 +137,7 @@ def capacity_rows(results: dict) -> list[dict]:
     return rows
 
 
-def loss_share_rows(results: dict) -> list[dict]:
+def loss_share_rows(results: dict, _cfg: dict) -> list[dict]:
     rows = []
     for axis, sm in (results.get("axes") or {}).items():
         if not isinstance(sm, dict) or "cells" not in sm:
@@ -124,7 +150,7 @@ def loss_share_rows(results: dict) -> list[dict]:
     return rows
 
 
-def score_field_rows(results: dict) -> list[dict]:
+def score_field_rows(results: dict, _cfg: dict) -> list[dict]:
     rows = []
     for f in results.get("fields", []) if isinstance(results.get("fields"), list) else []:
         rows.append({"where": f"t = {f['t']:.3g} (σ/α = {f['noise_to_signal']:.2g})",
@@ -136,8 +162,207 @@ def score_field_rows(results: dict) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- THEORY §4/§6/§7 experiments
+def _v(v: Any, digits: int = 3) -> str:
+    """An unsigned value (ρ, AUC, a rate; counts and whole numbers in full); 'n/a' for a missing one."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):
+            return str(v)
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e9 else f"{v:.{digits}g}"
+    return "n/a" if v is None else str(v)
+
+
+def _pm(v: Any, se: Any) -> str:
+    """'v ± se' (se: the stored Monte Carlo standard error), 'v' without one."""
+    return f"{_v(v)} ± {_v(se, 2)}" if isinstance(se, (int, float)) else _v(v)
+
+
+def _span(values: list) -> str:
+    """'lo–hi' of the finite stored numbers (one number when they agree), 'n/a' when none."""
+    xs = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
+    if not xs:
+        return "n/a"
+    lo, hi = _v(min(xs)), _v(max(xs))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _row(where: str, verdict: str, notes: str = "", slope: str = "", excess: str = "") -> dict:
+    return {"where": where, "verdict": verdict, "slope": slope, "excess": excess, "notes": notes}
+
+
+def oracle_check_rows(results: dict, cfg: dict) -> list[dict]:
+    """Per family: ρ with the EXACT score at the most accurate cell, range over schedules × samplers."""
+    steps, floors = cfg.get("steps"), cfg.get("floors")
+    i_steps = steps.index(max(steps)) if isinstance(steps, list) and steps else -1
+    i_raw = floors.index(max(floors)) if isinstance(floors, list) and floors else -1
+    cell = (f"{max(steps)} steps" if i_steps >= 0 else "most steps") + (
+        f", σ/α = {cfg['steps_floor']:g}·σ_r" if isinstance(cfg.get("steps_floor"), (int, float)) else "")
+    raw_at = f"σ/α = {max(floors):g}·σ_r" if i_raw >= 0 else "the largest floor"
+    rows = []
+    for fname, fam in (results.get("families") or {}).items():
+        if not isinstance(fam, dict) or not isinstance(fam.get("schedules"), dict):
+            continue
+        cells = [{"name": f"{sname}/{method}", "rho": m["rho_denoised_vs_steps"][i_steps],
+                  "raw": m["rho_raw_vs_floor"][i_raw], "metrics": m.get("metrics_best_cell") or {},
+                  "nonfinite": any(m.get("nonfinite_samples_per_config") or [])}
+                 for sname, sch in fam["schedules"].items() for method, m in (sch.get("samplers") or {}).items()]
+        if not cells:
+            continue
+        finite = [c for c in cells if isinstance(c["rho"], (int, float)) and math.isfinite(c["rho"])]
+        notes = []
+        if len(finite) > 1:
+            notes.append(f"lowest {min(finite, key=lambda c: c['rho'])['name']}, "
+                         f"highest {max(finite, key=lambda c: c['rho'])['name']}")
+        notes.append(f"MC se {_span([c['metrics'].get('rho_se') for c in cells])}")
+        truth = next((c["metrics"]["rho_truth_mc"] for c in cells if "rho_truth_mc" in c["metrics"]), None)
+        if truth is not None:
+            notes.append(f"fresh truth samples ρ = {_v(truth)}")
+        notes.append(f"raw ρ (no denoising step) at {raw_at}: {_span([c['raw'] for c in cells])}")
+        memo = [c["metrics"].get("memorisation_rate") for c in cells]
+        if any(isinstance(x, (int, float)) for x in memo):
+            mt = next((c["metrics"]["memorisation_rate_truth"] for c in cells
+                       if "memorisation_rate_truth" in c["metrics"]), None)
+            notes.append(f"memorisation rate (share within {cfg.get('memorisation_threshold', 'the threshold')} of a "
+                         f"training point): {_span(memo)}; "
+                         f"fresh truth samples: {_v(mt)}")
+        bad = [c["name"] for c in cells if c["nonfinite"]]
+        if bad:
+            notes.append("non-finite samples in " + ", ".join(bad))
+        rows.append(_row(str(fam.get("label", fname)),
+                         f"ρ with the exact score ({cell}, denoised): {_span([c['rho'] for c in cells])} "
+                         f"over {len(cells)} schedule × sampler cells", "; ".join(notes)))
+    return rows
+
+
+def guidance_rows(results: dict, cfg: dict) -> list[dict]:
+    """Per rule: unguided base and oracle, then per classifier the best w and the breakdown at the largest w."""
+    base = cfg.get("base") if isinstance(cfg.get("base"), dict) else {}
+    base_text = (f"{base['kind']}, σ_r × {_v(base['base_inflation'])}" if "kind" in base and "base_inflation" in base
+                 else "")
+    rows = []
+    for rule, r in results.items():
+        if not isinstance(r, dict) or not all(isinstance(r.get(c), dict) for c in ("exact", "learned")):
+            continue
+        where = f"{rule} (σ_r = {_v(r.get('sigma_r'))})"
+        w0 = r["exact"]["cells"][0]
+        rows.append(_row(f"{where}, w = 0",
+                         f"base ρ = {_pm(w0['rho'], w0.get('rho_se'))}; exact score (oracle floor) ρ = "
+                         f"{_pm(r.get('oracle_rho'), r.get('oracle_rho_se'))}",
+                         f"base: {base_text}" if base_text else ""))
+        for cname in ("exact", "learned"):
+            sm, last = r[cname]["summary"], max(r[cname]["cells"], key=lambda c: c["w"])
+            measurable = "measurable" if sm.get("measurably_reduced") else "not measurable"
+            notes = [f"reduction of ρ over w = 0: {_pm(sm['rho_reduction'], sm.get('rho_reduction_se'))} "
+                     f"(z = {_v(sm.get('z_score'))}, {measurable})",
+                     f"largest w = {_v(last['w'])}: ρ = {_pm(last['rho'], last.get('rho_se'))}, clip fraction "
+                     f"{_v(last.get('clip_fraction'))}, violation rate {_v(last.get('violation_rate'))}"]
+            if cname == "learned" and "classifier_final_loss" in r:
+                notes.append(f"classifier final loss {_v(r['classifier_final_loss'])}")
+            if sm["w_closest_to_truth"] == sm["best_w"]:
+                verdict = f"best ρ = {_v(sm['rho_best'])} at w = {_v(sm['best_w'])} (lowest, and closest to 1)"
+            else:
+                verdict = (f"ρ closest to 1: {_v(sm['rho_closest_to_truth'])} at w = {_v(sm['w_closest_to_truth'])}; "
+                           f"lowest ρ {_v(sm['rho_best'])} at w = {_v(sm['best_w'])}")
+            if isinstance(sm["rho_best"], (int, float)) and sm["rho_best"] < 1:
+                verdict += " (ρ < 1: over-sharpened, not an improvement)"
+            rows.append(_row(f"{where}, {cname} classifier", verdict, "; ".join(notes)))
+    return rows
+
+
+def classifier_signal_rows(results: dict, cfg: dict) -> list[dict]:
+    """Per kind of negative: where the exact classifier's AUC reaches chance; AUCs at the smallest t."""
+    vanish, t = results.get("signal_vanishes"), results.get("t")
+    if not isinstance(vanish, dict) or not isinstance(t, list) or not t:
+        return []
+    neg = cfg.get("negatives") if isinstance(cfg.get("negatives"), dict) else {}
+    trained = [float(s) for s in neg.get("fine_scales", [])]
+    rows = []
+    for kind, v in vanish.items():
+        base, _, scale = kind.partition(":")
+        where = f"{kind} negatives"
+        if base == "fine" and scale:
+            where = f"fine negatives, δ = {scale}·σ_r"
+            if trained and float(scale) not in trained:
+                where += " (outside the training mixture)"
+        if v.get("t") is None:
+            verdict = f"exact AUC never at chance on the grid (t ≤ {_v(t[-1])})"
+        else:
+            verdict = f"exact AUC at chance from t = {_v(v['t'])} (σ/α = {_v(v.get('noise_to_signal'))}"
+            verdict += f" = {_v(v['noise_over_delta'])}·δ)" if v.get("noise_over_delta") is not None else ")"
+        rows.append(_row(where, verdict, f"AUC at t = {_v(t[0])}: exact {_v(results['auc_exact'][kind][0])}, "
+                                         f"learned {_v(results['auc_learned'][kind][0])}"))
+    rows.append(_row("held-out AUC noise", f"null sd {_v(results.get('null_std'))} "
+                                           f"({_v(results.get('n_heldout_per_class'))} pairs per class)",
+                     "chance: the exact AUC inside the experiment's null band around 0.5; "
+                     f"learned classifier final loss {_v(results.get('classifier_final_loss'))}"))
+    return rows
+
+
+def filtering_rows(results: dict, cfg: dict) -> list[dict]:
+    """Per rule: ρ before filtering (generated, truth), then per detector acceptance and ρ after."""
+    base = cfg.get("base") if isinstance(cfg.get("base"), dict) else {}
+    rows = []
+    for rule, r in results.items():
+        if not isinstance(r, dict) or not isinstance(r.get("generated"), dict) or not r["generated"]:
+            continue
+        where = f"{rule} (σ_r = {_v(r.get('sigma_r'))})"
+        truth = r.get("truth") if isinstance(r.get("truth"), dict) else {}
+        g0, t0 = next(iter(r["generated"].values())), next(iter(truth.values()), {})  # "before" is per rule
+        rows.append(_row(f"{where}, before filtering",
+                         f"generated ρ = {_pm(g0['rho_before'], g0.get('rho_before_se'))}, coarse/σ_r "
+                         f"{_v(g0.get('coarse_ratio_before'))}; "
+                         f"truth ρ = {_pm(t0.get('rho_before'), t0.get('rho_before_se'))}",
+                         f"generated by {base['kind']}, σ_r × {_v(base.get('base_inflation'))}"
+                         if "kind" in base else ""))
+        for det, g in r["generated"].items():
+            t = truth.get(det, {})
+            rows.append(_row(f"{where}, {det}",
+                             f"accepts {_v(g['acceptance'])} of generated; "
+                             f"ρ after = {_pm(g['rho_after'], g.get('rho_after_se'))}",
+                             f"coarse/σ_r after {_v(g.get('coarse_ratio_after'))}; "
+                             f"truth: accepts {_v(t.get('acceptance'))}, "
+                             f"ρ after = {_pm(t.get('rho_after'), t.get('rho_after_se'))}"))
+    return rows
+
+
+def synthetic_tasks_rows(results: dict, cfg: dict) -> list[dict]:
+    """Per task: generated images at the largest n against the training images; then the settings."""
+    rows = []
+    for name, task in (results.get("tasks") or {}).items():
+        if not isinstance(task, dict) or not isinstance(task.get("generated"), list) or not task["generated"]:
+            continue
+        sigma_r = (task.get("task") or {}).get("sigma_r")
+        gen = sorted(task["generated"], key=lambda c: c["n"])  # the largest n last
+        last = gen[-1]["metrics"]
+        td = task.get("training_data") if isinstance(task.get("training_data"), dict) else {}
+        tm = td.get("metrics") or {}
+        notes = []
+        if tm:
+            notes.append(f"training images: ρ = {_pm(tm.get('rho'), tm.get('rho_se'))}, coarse/σ_r "
+                         f"{_v(tm.get('coarse_ratio'))}, violation rate {_v(tm.get('violation_rate'))} "
+                         f"(truth {_v(tm.get('violation_rate_truth'))})")
+        notes += [f"n = {_v(c['n'])}: ρ = {_pm(c['metrics']['rho'], c['metrics'].get('rho_se'))}" for c in gen[:-1]]
+        err = td.get("extractor_error") or {}
+        if "max_abs_y_error_over_sigma_r" in err:
+            notes.append(f"extractor error on clean renders: max Δy {_v(err['max_abs_y_error_over_sigma_r'])}·σ_r, "
+                         f"max f′·Δx {_v(err.get('max_abs_slope_x_error_over_sigma_r'))}·σ_r")
+        rows.append(_row(f"{name} (σ_r = {_v(sigma_r)})",
+                         f"generated, n = {_v(gen[-1]['n'])}: ρ = {_pm(last['rho'], last.get('rho_se'))}, coarse/σ_r "
+                         f"{_v(last.get('coarse_ratio'))}, violation rate {_v(last.get('violation_rate'))}",
+                         "; ".join(notes)))
+    mode = results.get("mode") if isinstance(results.get("mode"), dict) else cfg.get("mode")
+    if rows and isinstance(mode, dict):
+        rows.append(_row("settings", ", ".join(f"{k} {v if isinstance(v, list) else 'none' if v is None else _v(v)}"
+                                               for k, v in mode.items()),
+                         f"{_v(results.get('size'))}×{_v(results.get('size'))} px; sampler {results.get('sampler')}; "
+                         f"{results.get('parameterisation')}-parameterised"))
+    return rows
+
+
 SPECIFIC = {"coarse_vs_fine": coarse_fine_rows, "capacity": capacity_rows, "loss_share": loss_share_rows,
-            "score_field": score_field_rows}
+            "score_field": score_field_rows, "oracle_check": oracle_check_rows, "guidance": guidance_rows,
+            "classifier_signal": classifier_signal_rows, "filtering": filtering_rows,
+            "synthetic_tasks": synthetic_tasks_rows}
 
 
 def rows_for(path: Path) -> tuple[str, str, list[dict], str | None]:
@@ -151,18 +376,20 @@ def rows_for(path: Path) -> tuple[str, str, list[dict], str | None]:
     experiment = str(doc.get("experiment", path.stem))
     mode = mode_of(doc, path)
     results = doc["results"]
-    rows = []
+    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    rows, failure = [], None
     if experiment in SPECIFIC and isinstance(results, dict):
         try:
-            rows += SPECIFIC[experiment](results)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            rows.append({"where": "", "verdict": f"(unexpected structure: {type(err).__name__}: {err})",
-                         "slope": "", "excess": "", "notes": ""})
+            rows += SPECIFIC[experiment](results, cfg)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            failure = f"unexpected structure for the {experiment} summariser: {type(err).__name__}: {err}"
     rows = verdict_rows(results) + rows
+    if rows and failure:
+        rows.append({"where": "", "verdict": f"({failure})", "slope": "", "excess": "", "notes": ""})
     problem = None
     if not rows:
         keys = sorted(results) if isinstance(results, dict) else [type(results).__name__]
-        problem = "no verdicts found; result keys: " + ", ".join(keys[:12])
+        problem = (f"{failure}; " if failure else "") + "no verdicts found; result keys: " + ", ".join(keys[:12])
         scalars = _top_scalars(results)
         if scalars:
             problem += "; top-level values: " + ", ".join(scalars)
@@ -201,7 +428,8 @@ def build_table(figures: Path) -> tuple[str, dict]:
                                                                 r["excess"], r["notes"])) + " |")
     found["missing_known"] = [k for k in KNOWN if k not in seen]
     intro = [f"Generated by `python scripts/results_table.py` from {len(files)} file(s) in `{figures}/`; "
-             "every number is copied from the experiments' JSON (95% Student-t CIs over seeds)."]
+             "every number is copied from the experiments' JSON (95% Student-t CIs over seeds in brackets; "
+             "`±` = the stored Monte Carlo standard error; a–b = the range of the stored values)."]
     if found["missing_known"]:
         intro.append("Not run yet (no JSON): " + ", ".join(found["missing_known"]) + ".")
     if not files:
