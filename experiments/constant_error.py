@@ -48,10 +48,10 @@ from dsmtheory.sweep import cell_id, cell_path, load_sweep, run_sweep, shape_key
 
 EXPERIMENT = "constant_error"
 ALL_SCHEDULES = ("vp_linear", "vp_cosine", "ve", "edm")
-CURVE_STYLE = {  # label, colour
-    "learned": ("learned (DSM network)", "tab:red"),
-    "empirical": ("empirical-optimal", "tab:green"),
-    "oracle": ("oracle (exact score)", "tab:blue"),
+CURVE_LABELS = {  # the colours are the shared roles of dsmtheory.plotting.COLORS
+    "learned": "learned (DSM network)",
+    "empirical": "empirical-optimal",
+    "oracle": "oracle (exact score)",
 }
 MODES = {
     "quick": {"schedules": ["vp_linear"], "n_values": [256, 1024, 4096], "seeds": 4, "width": 64,
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per seed for the empirical-optimal score (its cost grows with n)")
     p.add_argument("--diagnostic-samples", type=int, default=None,
                    help="Monte Carlo draws of the score-level rule-normal split")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the PNG from the stored JSON of this mode (no computation; the JSON is unchanged)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -163,6 +165,8 @@ def plot(summary: dict, settings: dict, base_cell: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dsmtheory.plotting import COLORS
+
     schedules = list(summary)
     ncols = min(2, len(schedules))
     nrows = math.ceil(len(schedules) / ncols)
@@ -172,16 +176,24 @@ def plot(summary: dict, settings: dict, base_cell: dict):
     for ax, schedule in zip(axes.flat, schedules):
         s = summary[schedule]
         n = np.array(s["n_values"])
-        means = np.concatenate([np.array(c["mean"]) for c in s["curves"].values()] + [np.ones(1)])
-        y_lo, y_hi = means.min() / 2.0, means.max() * 2.0
+        shown = [np.ravel(c["mean"]) for c in s["curves"].values()] + [np.ones(1)]
+        if "learned" in s["curves"]:  # the per-seed dots are drawn too
+            shown.append(np.ravel(s["curves"]["learned"]["rho_per_seed"]))
+        shown = np.concatenate(shown)
+        y_lo, y_hi = shown.min() / 2.0, shown.max() * 1.6
         for name, curve in s["curves"].items():
-            label, colour = CURVE_STYLE[name]
-            ax.plot(n, curve["mean"], "o-", color=colour, label=label, lw=1.8, ms=4)
+            colour = COLORS[name]
+            ax.plot(n, curve["mean"], "o-", color=colour, label=CURVE_LABELS[name], lw=1.8, ms=4)
+            if name == "learned":  # each seed, so that one outlying seed is visible as such
+                per_seed = np.array(curve["rho_per_seed"])
+                ax.plot(np.broadcast_to(n, per_seed.shape).T, per_seed.T, ".", color=colour, alpha=0.45, ms=4,
+                        label=None)
             # log axis: a t-interval reaching below zero is drawn down to the panel's floor
             lo = np.clip(np.array(curve["ci_lo"]), y_lo, None)
             ax.fill_between(n, lo, np.clip(np.array(curve["ci_hi"]), None, y_hi * 10), color=colour,
                             alpha=0.2, lw=0)
         ax.axhline(1.0, color="k", ls=":", lw=1, label="truth (ρ = 1)")
+        ax.plot([], [], ".", color=COLORS["learned"], alpha=0.45, label="learned, each seed")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_ylim(y_lo, y_hi)
@@ -247,6 +259,19 @@ def check(cells: list[dict], cells_dir: Path) -> dict:
             "rtol": CHECK_RTOL}
 
 
+def replot(json_path: Path) -> dict:
+    """Redraw NAME.png from NAME.json: the figure shows exactly the stored numbers."""
+    from dsmtheory.results import save_figure_atomic
+
+    if not json_path.exists():
+        raise SystemExit(f"error: --replot needs {json_path}; run the experiment first")
+    doc = read_json(json_path)
+    fig = plot(doc["results"]["schedules"], doc["config"]["settings"], doc["config"]["base_cell"])
+    png = save_figure_atomic(fig, json_path.with_suffix(".png"))
+    print(f"redrew {png} from {json_path} (computed at commit {doc.get('provenance', {}).get('git_commit')})")
+    return {"path": str(json_path), "png": str(png)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     settings = _settings(args)
@@ -261,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for line in result["differences"]:
             print("   ", line)
         return {"check": result}
+    if args.replot:
+        return replot(Path(args.out) / f"{EXPERIMENT}{suffix}.json")
     start = time.perf_counter()
     records = run_sweep(cells, compute_cell, cells_dir, group_key=shape_key(("n",)), quiet=args.quiet)
     summary = summarise(cells, records, settings)
