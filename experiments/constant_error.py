@@ -18,12 +18,13 @@ Modes (the family is sin(k x) with x ~ N(0, 1), k = 2, σ_r = 0.05, D = 2, an ML
 - quick: one schedule (vp_linear), n ∈ {256, 1024, 4096}, 4 seeds, width 64,
   3000 training steps, 600 samples × 300 Euler–Maruyama steps per seed (300 for the
   empirical-optimal score; 300 steps put the oracle's floor at ρ ≈ 1.08, 100 steps at
-  ≈ 1.7). Fits in about 1.5-2 min on 2 CPU cores. 3000 steps is still a short training
+  ≈ 1.7). Measured: 35 s wall on 2 idle CPU cores. 3000 steps is still a short training
   (the learned ρ keeps falling with more steps at this size, see `capacity`), so the
   quick verdict is a statement about this budget, not about the theorem;
 - full:  all four schedules, n ∈ {2^8, ..., 2^16} (6 values, ×3.03 apart), 4 seeds,
   width 64, 4000 training steps, 1000 samples × 200 Euler–Maruyama steps per seed
-  (250 for the empirical-optimal score, whose cost grows with n).
+  (250 for the empirical-optimal score, whose cost grows with n). Measured: 8:14 wall
+  on 2 idle CPU cores for all 24 cells (15-60 s per cell, the largest n costliest).
 Each option can be overridden (--schedules, --n-values, --seeds, --train-steps,
 --width, --samples, --sample-steps). Cells are stored one JSON each under
 --cells-dir (default runs/constant_error[_quick]); a killed run resumes.

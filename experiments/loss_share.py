@@ -132,6 +132,9 @@ def summarise(records: dict[str, list[dict]], s: dict) -> dict:
         out[axis] = {"values": list(s["sigma_r_values"] if axis == "sigma_r" else s["D_values"]),
                      "cells": [_cell_numbers(r) for r in recs],
                      "rho": curve_summary(recs, "rho"),
+                     # how far the generated x-marginal is from the data's: tells a diverged sampler
+                     # (a huge ρ that is not a rule error) from a rule error
+                     "marginal_w1": curve_summary(recs, "marginal_w1"),
                      "cell_ids": [r["cell_id"] for r in recs]}
     return out
 
@@ -190,6 +193,14 @@ def plot(summary: dict, s: dict):
         band(ax, x, c, curve, CURVE_LABELS[curve], floor=floor)
     reference_line(ax, 1.0, "truth (ρ = 1)")
     log_axes(ax, x, sm["rho"], headroom=4.0, base=2)
+    w1 = sm.get("marginal_w1", {})
+    if "learned" in w1 and "oracle" in w1:
+        for xi, rho, w_learned, w_oracle in zip(x, sm["rho"]["learned"]["mean"], w1["learned"]["mean"],
+                                                w1["oracle"]["mean"]):
+            if w_learned > max(1.0, 10.0 * w_oracle):  # x-marginal off by more than the data's own scale
+                ax.annotate(f"sampler diverged:\nmarginal W1 {w_learned:.2g}\n(oracle {w_oracle:.2g})",
+                            (xi, rho), xytext=(-6, -4), textcoords="offset points", ha="right", va="top",
+                            fontsize=7, color=color("learned"))
     ax.set_xlabel(f"ambient dimension D (σ_r = {s['sigma_r0']:g}, n = {s['n']})")
     ax.set_ylabel("rule error ratio ρ = RMS residual / σ_r")
     ax.set_title("ρ vs ambient dimension at fixed n")
