@@ -454,3 +454,15 @@ def test_experiment_cli_subprocess_bad_flag(tmp_path):
     proc = _run(["-m", "experiments.oracle_check", "--steps", "ten"], cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     assert "--steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+EXPERIMENT_MODULES = sorted(p.stem for p in (REPO / "experiments").glob("*.py") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_MODULES)
+def test_every_experiment_runs_as_a_module(name, tmp_path):
+    """`python -m experiments.NAME --help` goes through the module's __main__ block and the shared
+    CLI runner (catches a runner shadowed by a module's own `run`, as happened once)."""
+    proc = _run(["-m", f"experiments.{name}", "--help"], cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and "--quick" in proc.stdout and "Traceback" not in proc.stderr
