@@ -32,7 +32,6 @@ Cells are stored under --cells-dir (default runs/loss_share[_quick]).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -43,7 +42,7 @@ import numpy as np
 from dsmtheory import study
 from dsmtheory.results import write_results
 from dsmtheory.stats import mean_ci
-from experiments.coarse_vs_fine import (CURVE_LABELS, SCALAR_OVERRIDES, apply_overrides, band, base_parser,
+from experiments._study_helpers import (CURVE_LABELS, SCALAR_OVERRIDES, apply_overrides, band, base_parser,
                                         cells_dir_for, check_stored_cell, common_cell, curve_summary, fmt_ci, log_axes,
                                         run_cells)
 

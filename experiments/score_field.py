@@ -46,7 +46,7 @@ GRID_Y = (-1.6, 1.6)
 
 
 def _parser():
-    from experiments.coarse_vs_fine import base_parser
+    from experiments._study_helpers import base_parser
 
     p = base_parser("python -m experiments.score_field", __doc__.split("\n\n")[0])
     p.add_argument("--sigma-r", type=float, default=None)
@@ -56,7 +56,7 @@ def _parser():
 
 
 def _settings(args) -> dict:
-    from experiments.coarse_vs_fine import apply_overrides
+    from experiments._study_helpers import apply_overrides
 
     mode = "quick" if args.quick else "full"
     s = apply_overrides(MODES[mode], args, ("n", "width", "train_steps", "samples", "sample_steps", "sigma_r", "k",
