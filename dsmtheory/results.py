@@ -44,13 +44,23 @@ def git_commit(repo: str | os.PathLike | None = None) -> str | None:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return sha + ("-dirty" if git_dirty_files(cwd) else "")
     except Exception:  # noqa: BLE001 - not a git checkout, or git missing
         return None
+
+
+def git_dirty_files(repo: str | os.PathLike | None = None) -> list[str] | None:
+    """Tracked files with uncommitted changes (so a '-dirty' commit says whether the code or only,
+    say, the README differed from the commit), or None outside a git checkout."""
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except Exception:  # noqa: BLE001 - not a git checkout, or git missing
+        return None
+    return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 def provenance() -> dict:
@@ -59,6 +69,7 @@ def provenance() -> dict:
 
     return {
         "git_commit": git_commit(),
+        "git_dirty_files": git_dirty_files(),
         "versions": {
             name: _package_version(name)
             for name in ("dsmtheory", "jax", "jaxlib", "flax", "optax", "numpy", "chex", "matplotlib")

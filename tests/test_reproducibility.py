@@ -184,3 +184,23 @@ def test_oracle_check_check_mode_end_to_end(tmp_path, capsys):
     tampered = oc.main(["--check", "--out", str(out), "--quiet"])["check"]
     assert tampered["agree"] is False and tampered["max_rel_diff"] > tampered["rtol"]
     capsys.readouterr()
+
+
+def test_provenance_lists_the_files_that_make_a_commit_dirty(tmp_path):
+    import subprocess
+
+    from dsmtheory.results import git_commit, git_dirty_files
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("doc\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_dirty_files(tmp_path) == [] and not git_commit(tmp_path).endswith("-dirty")
+    (tmp_path / "README.md").write_text("changed\n")
+    (tmp_path / "untracked.txt").write_text("ignored: not tracked\n")
+    assert git_dirty_files(tmp_path) == ["README.md"] and git_commit(tmp_path).endswith("-dirty")
+    assert git_dirty_files(tmp_path / "nonexistent") is None
