@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dsmtheory._pytree import PyTreeNode, field
+from dsmtheory._pytree import PyTreeNode
 
 from dsmtheory._validation import check_in_range, check_int, check_positive, is_concrete
 

@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dsmtheory._pytree import PyTreeNode, field
+from dsmtheory._pytree import PyTreeNode
 
 from dsmtheory._validation import check_choice, check_int, check_positive
 

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from dsmtheory._pytree import PyTreeNode, field
+from dsmtheory._pytree import PyTreeNode
 
 from dsmtheory._validation import check_int, check_key, check_last_dim
 from dsmtheory.schedules import Schedule
@@ -132,3 +132,16 @@ class Family(PyTreeNode):
 
     def to_config(self) -> dict:  # pragma: no cover - subclasses fill in
         return {"name": self.name}
+
+
+class ScalarRuleFamily(Family):
+    """A family whose cause and effect are scalars (dx = dy = 1): the nonlinear rule and
+    the embedded rule."""
+
+    @property
+    def dx(self) -> int:
+        return 1
+
+    @property
+    def dy(self) -> int:
+        return 1

@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsmtheory._validation import check_int, check_positive, is_concrete
-from dsmtheory.families.base import Family
+from dsmtheory.families.base import Family, ScalarRuleFamily
 from dsmtheory.schedules import Schedule
 
 Array = jax.Array
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-class Embedded(Family):
+class Embedded(ScalarRuleFamily):
     """base (2-D) placed in R^D by the orthonormal frame `frame` [D, 2] plus N(0, σ_b²) background."""
 
     base: Family
@@ -69,14 +69,6 @@ class Embedded(Family):
         return cls(base=base, frame=frame, sigma_b=sigma_b)
 
     # --- shapes, features ------------------------------------------------------------------
-    @property
-    def dx(self) -> int:
-        return 1
-
-    @property
-    def dy(self) -> int:
-        return 1
-
     @property
     def dim(self) -> int:
         return self.frame.shape[0]

@@ -26,7 +26,7 @@ from typing import Callable, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dsmtheory._pytree import PyTreeNode, field
+from dsmtheory._pytree import field
 
 from dsmtheory._validation import check_int, check_positive, is_concrete
 from dsmtheory.families._noise import noise_levels

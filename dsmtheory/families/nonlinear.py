@@ -79,7 +79,7 @@ from dsmtheory._pytree import PyTreeNode, field
 
 from dsmtheory._validation import check_in_range, check_int, check_positive, is_concrete
 from dsmtheory.families._noise import noise_levels
-from dsmtheory.families.base import Family
+from dsmtheory.families.base import ScalarRuleFamily
 from dsmtheory.rules import Rule, get_rule, rule_from_config
 from dsmtheory.schedules import Schedule
 
@@ -276,7 +276,7 @@ def required_panels(lipschitz: float, r_max: float, panel_scale: float, exp_efol
 # ---------------------------------------------------------------------------------------
 # The family
 # ---------------------------------------------------------------------------------------
-class NonlinearRule(Family):
+class NonlinearRule(ScalarRuleFamily):
     """x ~ x_marginal, y = f(x) + sigma_r ε (dx = dy = 1), exact p_t by quadrature (THEORY §2.2).
 
     Build with `NonlinearRule.create(x_marginal, f, sigma_r)`. `f` is any
@@ -364,14 +364,6 @@ class NonlinearRule(Family):
         )
 
     # --- shapes -------------------------------------------------------------------------
-    @property
-    def dx(self) -> int:
-        return 1
-
-    @property
-    def dy(self) -> int:
-        return 1
-
     @property
     def n_nodes(self) -> int:
         """Quadrature nodes per window (per mixture component)."""
