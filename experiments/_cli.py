@@ -1,5 +1,9 @@
 """Shared command-line entry for the experiments.
 
+`experiment_parser(...)` builds the argument parser with the flags every experiment
+takes (--quick, --out, --seed, --check); `with_overrides(settings, {...})` applies the
+size flags a user gave (None = not given) to a mode's settings.
+
 `run(main)` calls `main(sys.argv[1:])` and turns a bad-input error (ValueError or
 TypeError raised by the library's argument checks, including a diverging training
 run, whose message names the step and config) into one line on stderr and exit
@@ -10,9 +14,28 @@ traceback while debugging.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, Mapping
+
+
+def experiment_parser(prog: str, description: str, *, quick_help: str, check_help: str,
+                      seed_help: str | None = None) -> argparse.ArgumentParser:
+    """A parser with --quick, --out (default figures/), --seed (default 0) and --check."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", default="figures", help="directory of the PNG and JSON (default figures/)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--check", action="store_true", help=check_help)
+    return p
+
+
+def with_overrides(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """A copy of `settings` with every override that is not None."""
+    out = dict(settings)
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
 
 
 def run(main: Callable) -> None:

@@ -35,6 +35,7 @@ from dsmtheory import guidance as G  # noqa: E402
 from dsmtheory.families.linear_gaussian import LinearGaussian  # noqa: E402
 from dsmtheory.results import read_json, write_results  # noqa: E402
 from dsmtheory.schedules import get_schedule  # noqa: E402
+from experiments._cli import experiment_parser, with_overrides
 
 EXPERIMENT = "classifier_signal"
 KINDS = ["coarse", "fine:0.5", "fine:1", "fine:2", "fine:4", "fine:8"]
@@ -46,11 +47,9 @@ SNAPSHOT_T = [0.003, 0.01, 0.03, 0.1]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.classifier_signal", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small run (< 2 min on 2 cores)")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check", action="store_true", help="recompute the exact-classifier curves and compare")
+    p = experiment_parser("python -m experiments.classifier_signal", __doc__.split("\n\n")[0],
+                          quick_help="small run (< 2 min on 2 cores)",
+                          check_help="recompute the exact-classifier curves and compare")
     p.add_argument("--sigma-r", type=float, default=0.1)
     p.add_argument("--train-steps", type=int, default=None)
     p.add_argument("--n-heldout", type=int, default=None)
@@ -61,11 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> dict:
-    cfg = dict(MODES["quick" if args.quick else "full"])
-    for name, val in (("train_steps", args.train_steps), ("n_heldout", args.n_heldout), ("seeds", args.seeds),
-                      ("train_n", args.train_n), ("hidden", args.hidden)):
-        if val is not None:
-            cfg[name] = val
+    cfg = with_overrides(MODES["quick" if args.quick else "full"],
+                         {"train_steps": args.train_steps, "n_heldout": args.n_heldout, "seeds": args.seeds,
+                          "train_n": args.train_n, "hidden": args.hidden})
     if not args.sigma_r > 0:
         raise SystemExit("error: --sigma-r must be > 0")
     cfg.update(mode="quick" if args.quick else "full", sigma_r=args.sigma_r, schedule="vp_linear", kinds=KINDS,

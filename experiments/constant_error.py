@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,7 +44,8 @@ import numpy as np
 from dsmtheory.results import read_json, write_results
 from dsmtheory.stats import constant_error_verdict, curve_bands, loglog_slope
 from dsmtheory.study import clear_oracle_memo, compute_cell, make_cell
-from dsmtheory.sweep import cell_id, cell_path, load_sweep, run_sweep, shape_key
+from dsmtheory.sweep import cell_id, cell_path, run_sweep, shape_key
+from experiments._cli import experiment_parser, with_overrides
 
 EXPERIMENT = "constant_error"
 ALL_SCHEDULES = ("vp_linear", "vp_cosine", "ve", "edm")
@@ -72,12 +72,9 @@ FAMILY_PRESETS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.constant_error", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small grid (< 2 min on 2 CPU cores)")
-    p.add_argument("--out", default="figures", help="directory of the PNG and JSON (default figures/)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of every cell")
-    p.add_argument("--check", action="store_true",
-                   help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
+    p = experiment_parser("python -m experiments.constant_error", __doc__.split("\n\n")[0],
+                          quick_help="small grid (< 2 min on 2 CPU cores)", seed_help="base seed of every cell",
+                          check_help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
     p.add_argument("--cells-dir", default=None, help="per-cell JSON directory (default runs/constant_error[_quick])")
     p.add_argument("--family", choices=tuple(FAMILY_PRESETS), default="nonlinear",
                    help="nonlinear: y = sin(2x) + σ_r ε, x ~ N(0,1); linear_gaussian: y = x + σ_r ε")
@@ -100,12 +97,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args) -> dict:
     mode = "quick" if args.quick else "full"
-    s = dict(MODES[mode])
-    for key in ("schedules", "n_values", "seeds", "train_steps", "width", "samples", "sample_steps",
-                "empirical_samples", "diagnostic_samples"):
-        value = getattr(args, key)
-        if value is not None:
-            s[key] = list(value) if isinstance(value, list) else value
+    s = with_overrides(MODES[mode], {key: getattr(args, key) for key in (
+        "schedules", "n_values", "seeds", "train_steps", "width", "samples", "sample_steps", "empirical_samples",
+        "diagnostic_samples")})
     if len(s["n_values"]) < 2 or len(set(s["n_values"])) != len(s["n_values"]) or min(s["n_values"]) < 1:
         raise SystemExit("error: --n-values needs at least 2 distinct positive integers")
     if s["seeds"] < 2:

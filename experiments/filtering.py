@@ -43,6 +43,7 @@ from dsmtheory.results import read_json, write_results  # noqa: E402
 from dsmtheory.samplers import sample  # noqa: E402
 from dsmtheory.schedules import get_schedule  # noqa: E402
 from dsmtheory.scores import ExactScore  # noqa: E402
+from experiments._cli import experiment_parser, with_overrides
 
 EXPERIMENT = "filtering"
 RULES = {"coarse rule": 0.5, "fine rule": 0.05}
@@ -55,11 +56,8 @@ MODES = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.filtering", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small run (< 2 min on 2 cores)")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check", action="store_true", help="recompute one stored cell and compare")
+    p = experiment_parser("python -m experiments.filtering", __doc__.split("\n\n")[0],
+                          quick_help="small run (< 2 min on 2 cores)", check_help="recompute one stored cell and compare")
     p.add_argument("--base-inflation", type=float, default=2.0)
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--train-steps", type=int, default=None)
@@ -71,11 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> dict:
-    cfg = dict(MODES["quick" if args.quick else "full"])
-    for name, val in (("n_samples", args.samples), ("train_steps", args.train_steps), ("seeds", args.seeds),
-                      ("train_n", args.train_n), ("hidden", args.hidden), ("sample_steps", args.sample_steps)):
-        if val is not None:
-            cfg[name] = val
+    cfg = with_overrides(MODES["quick" if args.quick else "full"],
+                         {"n_samples": args.samples, "train_steps": args.train_steps, "seeds": args.seeds,
+                          "train_n": args.train_n, "hidden": args.hidden, "sample_steps": args.sample_steps})
     if not args.base_inflation > 0:
         raise SystemExit("error: --base-inflation must be > 0")
     cfg.update(mode="quick" if args.quick else "full", rules=dict(RULES), schedule="vp_linear",

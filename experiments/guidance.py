@@ -45,6 +45,7 @@ from dsmtheory.results import read_json, write_results  # noqa: E402
 from dsmtheory.samplers import sample  # noqa: E402
 from dsmtheory.schedules import get_schedule  # noqa: E402
 from dsmtheory.scores import ExactScore  # noqa: E402
+from experiments._cli import experiment_parser, with_overrides
 
 EXPERIMENT = "guidance"
 RULES = {"coarse rule": 0.5, "fine rule": 0.05}
@@ -57,11 +58,8 @@ MODES = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.guidance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small run (< 2 min on 2 cores)")
-    p.add_argument("--out", default="figures", help="output folder (default figures/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check", action="store_true", help="recompute one stored cell and compare")
+    p = experiment_parser("python -m experiments.guidance", __doc__.split("\n\n")[0],
+                          quick_help="small run (< 2 min on 2 cores)", check_help="recompute one stored cell and compare")
     p.add_argument("--base-inflation", type=float, default=2.0, help="σ_r of the base score / true σ_r")
     p.add_argument("--clip", type=float, default=200.0, help="max norm of w ∇log c per sample")
     p.add_argument("--w-grid", type=float, nargs="+", default=None)
@@ -75,12 +73,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> dict:
-    cfg = dict(MODES["quick" if args.quick else "full"])
-    for name, val in (("w_grid", args.w_grid), ("n_samples", args.samples), ("sample_steps", args.sample_steps),
-                      ("train_steps", args.train_steps), ("train_n", args.train_n), ("seeds", args.seeds),
-                      ("hidden", args.hidden)):
-        if val is not None:
-            cfg[name] = list(val) if name == "w_grid" else val
+    cfg = with_overrides(MODES["quick" if args.quick else "full"],
+                         {"w_grid": None if args.w_grid is None else list(args.w_grid), "n_samples": args.samples,
+                          "sample_steps": args.sample_steps, "train_steps": args.train_steps,
+                          "train_n": args.train_n, "seeds": args.seeds, "hidden": args.hidden})
     for w in cfg["w_grid"]:
         try:
             G.check_guidance_weight(w)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +46,7 @@ from dsmtheory.families.nonlinear import GaussianX, UniformX
 from dsmtheory.results import read_json, write_results
 from dsmtheory.rules import Sine
 from dsmtheory.schedules import EDM, VE, VPCosine, VPLinear
+from experiments._cli import experiment_parser
 
 EXPERIMENT = "oracle_check"
 SCHEDULE_NAMES = ("vp_linear", "vp_cosine", "ve", "edm")
@@ -346,13 +346,10 @@ def make_figure(results: dict, cfg: dict):
 # entry point
 # ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.oracle_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small grid (< 2 min on 2 CPU cores)")
-    p.add_argument("--out", default="figures", help="directory of the PNG and JSON (default figures/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check", action="store_true",
-                   help="recompute one stored cell (first family, schedule and sampler in the JSON) and compare; "
-                        "exit 1 on disagreement")
+    p = experiment_parser("python -m experiments.oracle_check", __doc__.split("\n\n")[0],
+                          quick_help="small grid (< 2 min on 2 CPU cores)",
+                          check_help="recompute one stored cell (first family, schedule and sampler in the JSON) "
+                                     "and compare; exit 1 on disagreement")
     p.add_argument("--families", nargs="+", choices=FAMILY_NAMES, default=None, help="subset of families")
     p.add_argument("--schedules", nargs="+", choices=SCHEDULE_NAMES, default=None, help="subset of schedules")
     p.add_argument("--samplers", nargs="+", choices=samplers.METHODS, default=None)

@@ -22,7 +22,6 @@ Everything is recomputed from the seed (no sweep cache: a single small model);
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Sequence

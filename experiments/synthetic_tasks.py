@@ -39,7 +39,6 @@ overwrites the full results).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,6 +54,7 @@ from dsmtheory.networks import network_config
 from dsmtheory.results import read_json, write_results
 from dsmtheory.samplers import sample_ensemble
 from dsmtheory.schedules import VPLinear
+from experiments._cli import experiment_parser, with_overrides
 
 EXPERIMENT = "synthetic_tasks"
 MODES = {
@@ -72,12 +72,9 @@ METRIC_KEYS = ("rho", "rho_se", "violation_rate", "violation_rate_truth", "coars
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.synthetic_tasks", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small setting (< 5 min on 2 CPU cores)")
-    p.add_argument("--out", default="figures", help="output directory (default figures/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check", action="store_true",
-                   help="recompute the training-data metrics of every task and compare with the stored JSON")
+    p = experiment_parser("python -m experiments.synthetic_tasks", __doc__.split("\n")[0],
+                          quick_help="small setting (< 5 min on 2 CPU cores)",
+                          check_help="recompute the training-data metrics of every task and compare with the stored JSON")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {list(TASKS)}")
     p.add_argument("--size", type=int, default=24, help="image side in pixels (24..32)")
     p.add_argument("--n-values", default=None, help="comma-separated training-set sizes")
@@ -88,9 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode = dict(MODES["quick" if args.quick else "full"])
     if args.n_values is not None:
         mode["n_values"] = [int(v) for v in args.n_values.split(",") if v.strip()]
-    for key in ("train_steps", "width", "depth", "batch_size", "samples", "sample_steps"):
-        if getattr(args, key) is not None:
-            mode[key] = getattr(args, key)
+    mode = with_overrides(mode, {key: getattr(args, key) for key in ("train_steps", "width", "depth", "batch_size",
+                                                                     "samples", "sample_steps")})
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
