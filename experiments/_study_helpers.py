@@ -14,6 +14,7 @@ import numpy as np
 from dsmtheory.stats import mean_ci
 from dsmtheory.study import CURVES, compute_cell, make_cell
 from dsmtheory.sweep import run_sweep, shape_key
+from experiments._cli import experiment_parser
 
 CURVE_LABELS = {"learned": "learned (DSM network)", "oracle": "oracle (exact score)",
                 "empirical": "empirical-optimal"}
@@ -23,12 +24,9 @@ SCALAR_OVERRIDES = ("seeds", "width", "train_steps", "samples", "sample_steps", 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags every issue-4 experiment takes (COMMON conventions) plus size overrides."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--quick", action="store_true", help="small grid (a smoke run of the pipeline)")
-    p.add_argument("--out", default="figures", help="directory of the PNG and JSON (default figures/)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of every cell")
-    p.add_argument("--check", action="store_true",
-                   help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
+    p = experiment_parser(prog, description, quick_help="small grid (a smoke run of the pipeline)",
+                          seed_help="base seed of every cell",
+                          check_help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
     p.add_argument("--cells-dir", default=None, help="per-cell JSON directory (default runs/NAME[_quick])")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (vmapped, >= 2 for CIs)")
     p.add_argument("--n", type=int, default=None, help="training-set size of every cell")
@@ -82,6 +80,19 @@ def run_cells(cells: list[dict], cells_dir: Path, quiet: bool = False,
     """All cells through `dsmtheory.sweep.run_sweep` (atomic per-cell JSON, resumable); cells
     that differ only in n share a group (one compiled program)."""
     return run_sweep(cells, compute, cells_dir, group_key=shape_key(("n",)), quiet=quiet)
+
+
+def run_axes(cells: dict[str, list[dict]], cells_dir: Path, quiet: bool = False,
+             compute: Callable[[dict], dict] = compute_cell) -> dict[str, list[dict]]:
+    """The cells of every axis ({axis: cells}) as ONE sweep (shared compilations and cache),
+    returned as {axis: records} in the same order."""
+    recs = run_cells([c for axis_cells in cells.values() for c in axis_cells], cells_dir, quiet=quiet,
+                     compute=compute)
+    out, start = {}, 0
+    for axis, axis_cells in cells.items():
+        out[axis] = recs[start:start + len(axis_cells)]
+        start += len(axis_cells)
+    return out
 
 
 def check_stored_cell(cells: list[dict], cells_dir: Path, compute: Callable[[dict], dict] = compute_cell) -> dict:

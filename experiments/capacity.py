@@ -42,7 +42,7 @@ from dsmtheory.results import write_results
 from dsmtheory.stats import constant_error_verdict
 from experiments._study_helpers import (CURVE_LABELS, SCALAR_OVERRIDES, apply_overrides, band, base_parser,
                                         cells_dir_for, check_stored_cell, common_cell, curve_summary, fmt_ci, log_axes,
-                                        paired_ci, per_seed, run_cells)
+                                        paired_ci, per_seed, run_axes)
 
 EXPERIMENT = "capacity"
 RULE = {"rule": "sin", "rule_params": {"k": 2.0}, "sigma_r": 0.1}
@@ -150,19 +150,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.check:
         return check_stored_cell(cells["width"], cells_dir)
     start = time.perf_counter()
-    flat = cells["width"] + cells["train_steps"]
-    recs = run_cells(flat, cells_dir, quiet=args.quiet)
-    records = {"width": recs[:len(cells["width"])], "train_steps": recs[len(cells["width"]):]}
+    records = run_axes(cells, cells_dir, quiet=args.quiet)
     summary = summarise(records, s)
     elapsed = time.perf_counter() - start
     fig = plot(summary, s)
     suffix = "_quick" if args.quick else ""
-    config = {"settings": s, "base_cell": flat[0], "cells_dir": str(cells_dir),
+    config = {"settings": s, "base_cell": cells["width"][0], "cells_dir": str(cells_dir),
               "measured": "ρ per seed of learned, oracle and empirical-optimal samples against network width "
                           "(at the largest step count) and training steps (at the largest width), fixed n; "
                           "slope of log ρ vs log axis on the upper half and excess over oracle, 95% t-CIs"}
     results = {**summary, "wall_seconds_this_run": elapsed,
-               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for r in recs))}
+               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for rs in records.values() for r in rs))}
     path = write_results(Path(args.out) / f"{EXPERIMENT}{suffix}.json", experiment=EXPERIMENT, config=config,
                          seed=args.seed, results=results, fig=fig)
     for axis, sm in summary["axes"].items():

@@ -50,7 +50,7 @@ import numpy as np
 from dsmtheory.results import write_results
 from experiments._study_helpers import (CURVE_LABELS, SCALAR_OVERRIDES, apply_overrides, band, base_parser,
                                         cells_dir_for, check_stored_cell, common_cell, curve_summary, fmt_ci,
-                                        log_axes, paired_ci, run_cells)
+                                        log_axes, paired_ci, run_axes)
 
 EXPERIMENT = "coarse_vs_fine"
 MODES = {
@@ -185,19 +185,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.check:
         return check_stored_cell(cells["sigma_r"], cells_dir)
     start = time.perf_counter()
-    flat = cells["sigma_r"] + cells["k"]
-    recs = run_cells(flat, cells_dir, quiet=args.quiet)
-    records = {"sigma_r": recs[:len(cells["sigma_r"])], "k": recs[len(cells["sigma_r"]):]}
+    records = run_axes(cells, cells_dir, quiet=args.quiet)
     summary = summarise(cells, records, s)
     elapsed = time.perf_counter() - start
     fig = plot(summary, s)
     suffix = "_quick" if args.quick else ""
-    config = {"settings": s, "base_cell": flat[0], "cells_dir": str(cells_dir),
+    config = {"settings": s, "base_cell": cells["sigma_r"][0], "cells_dir": str(cells_dir),
               "measured": "per cell, per seed: coarse_error (data units), coarse_ratio and rho_fine (σ_r units) of "
                           "learned, oracle and empirical-optimal samples (same sampler, steps, t_min, keys); "
                           "comparisons are paired learned − oracle differences with 95% t-CIs over seeds"}
     results = {"axes": summary, "wall_seconds_this_run": elapsed,
-               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for r in recs))}
+               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for rs in records.values() for r in rs))}
     path = write_results(Path(args.out) / f"{EXPERIMENT}{suffix}.json", experiment=EXPERIMENT, config=config,
                          seed=args.seed, results=results, fig=fig)
     for axis, sm in summary.items():

@@ -44,7 +44,7 @@ from dsmtheory.results import write_results
 from dsmtheory.stats import mean_ci
 from experiments._study_helpers import (CURVE_LABELS, SCALAR_OVERRIDES, apply_overrides, band, base_parser,
                                         cells_dir_for, check_stored_cell, common_cell, curve_summary, fmt_ci, log_axes,
-                                        run_cells)
+                                        run_axes)
 
 EXPERIMENT = "loss_share"
 PROFILE_N_T = 12  # t-grid points of the Fisher profile (geometric on [t_min, t_max])
@@ -218,19 +218,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.check:
         return check_stored_cell(cells["sigma_r"], cells_dir, compute=compute_cell_with_profile)
     start = time.perf_counter()
-    flat = cells["sigma_r"] + cells["D"]
-    recs = run_cells(flat, cells_dir, quiet=args.quiet, compute=compute_cell_with_profile)
-    records = {"sigma_r": recs[:len(cells["sigma_r"])], "D": recs[len(cells["sigma_r"]):]}
+    records = run_axes(cells, cells_dir, quiet=args.quiet, compute=compute_cell_with_profile)
     summary = summarise(records, s)
     elapsed = time.perf_counter() - start
     fig = plot(summary, s)
     suffix = "_quick" if args.quick else ""
-    config = {"settings": s, "base_cell": flat[0], "cells_dir": str(cells_dir),
+    config = {"settings": s, "base_cell": cells["sigma_r"][0], "cells_dir": str(cells_dir),
               "profile": {"n_t": PROFILE_N_T, "n_per_t": PROFILE_N_PER_T},
               "measured": "per seed: DSM excess E_t λ‖s_θ − ∇log p_t‖² (training law of t), its rule-normal part "
                           "and share, the Fisher profile by t, L*, and ρ of learned/oracle/empirical samples"}
     results = {"axes": summary, "wall_seconds_this_run": elapsed,
-               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for r in recs))}
+               "compute_seconds_all_cells": float(sum(r["compute_seconds"] for rs in records.values() for r in rs))}
     path = write_results(Path(args.out) / f"{EXPERIMENT}{suffix}.json", experiment=EXPERIMENT, config=config,
                          seed=args.seed, results=results, fig=fig)
     for axis, sm in summary.items():
