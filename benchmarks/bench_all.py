@@ -3,6 +3,7 @@
     python -m benchmarks.bench_all            # full run (tens of minutes on 2 busy CPU cores)
     python -m benchmarks.bench_all --quick    # a few minutes: fewer steps/repeats, E up to 16
     python -m benchmarks.bench_all --only train_small train_large   # a subset of the sections
+    python -m benchmarks.bench_all --cpu-devices 0    # one JAX device per CPU core: ensembles sharded
 
 Sections
   matmul        the machine's own f32 matmul GFLOP/s (jitted [1024, 1024] @ [1024, 1024], best of
@@ -32,6 +33,7 @@ load. FLOP count: see benchmarks/bench_train.py (dense layers only, × 3 for fwd
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -39,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsmtheory import dsm
+from dsmtheory import distributed, dsm
 from dsmtheory.families import Embedded, EmpiricalMeasure, GaussianMixture, LinearGaussian, NonlinearRule
 from dsmtheory.families.nonlinear import UniformX, GaussianX
 from dsmtheory.networks import matmul_flops_per_example, network_config
@@ -64,8 +66,14 @@ def matmul_gflops_wall_cpu(size: int = 1024, repeats: int = 5) -> tuple[float, f
 
 
 SECTIONS = ("matmul", "train_small", "train_large", "sampler", "families", "compiles")
-FAM = LinearGaussian.create(mu_x=(0.0,), sigma_r=0.1)
 SCHED = VPLinear()
+
+
+@functools.cache
+def _fam() -> LinearGaussian:
+    # built on first use, not at import: building it starts the JAX backend, and
+    # --cpu-devices must be applied before that
+    return LinearGaussian.create(mu_x=(0.0,), sigma_r=0.1)
 
 
 def _timed(fn):
@@ -84,7 +92,7 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
 
     net = network_config("mlp", 2, width=width, depth=depth)
     cfg = dsm.TrainConfig(network=net, n_steps=steps, batch_size=batch, log_every=steps)
-    data = jnp.asarray(FAM.sample(jax.random.PRNGKey(0), 4096), jnp.float32)
+    data = jnp.asarray(_fam().sample(jax.random.PRNGKey(0), 4096), jnp.float32)
     apply = ModuleApply(net.build(SCHED))
     static, hyper = dsm._static_part(cfg), dsm.Hyper.of(cfg)
     states, runs = {}, {}
@@ -94,12 +102,16 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
         states[e] = dsm._init_states(keys if ens else keys[0], apply, data, SCHED, static, data.shape[0],
                                      e if ens else None)
         n_valid = jnp.full((e,), data.shape[0], jnp.int32) if ens else jnp.asarray(data.shape[0], jnp.int32)
+        member_data = data
+        if ens and jax.device_count() > 1:  # as train_ensemble does: members over the devices
+            states[e], member_data, n_valid, _ = dsm.place_ensemble(states[e], data, n_valid)
         spec = dsm._Spec(apply, static, ens, True, False)
-        runs[e] = (n_valid, spec)
+        runs[e] = (member_data, n_valid, spec)
 
     def chunk(e):
-        n_valid, spec = runs[e]
-        states[e], losses, _ = dsm._run_chunk(states[e], data, n_valid, SCHED, None, hyper, spec=spec, length=steps)
+        member_data, n_valid, spec = runs[e]
+        states[e], losses, _ = dsm._run_chunk(states[e], member_data, n_valid, SCHED, None, hyper, spec=spec,
+                                              length=steps)
         np.asarray(losses)  # host sync, as train() does after every chunk
 
     for e in ensembles:
@@ -143,9 +155,9 @@ def print_train(title, rows, mm, mm_cpu):
 
 def bench_sampler(n: int, n_steps: int, repeats: int) -> list[dict]:
     net = network_config("mlp", 2, width=128)
-    res = dsm.train(jax.random.PRNGKey(0), FAM.sample(jax.random.PRNGKey(1), 256), SCHED,
+    res = dsm.train(jax.random.PRNGKey(0), _fam().sample(jax.random.PRNGKey(1), 256), SCHED,
                     dsm.TrainConfig(network=net, n_steps=10, batch_size=32, log_every=10))
-    scores = {"exact (LinearGaussian)": ExactScore(FAM, SCHED), "learned (MLP 128x2)": dsm.learned_score(res)}
+    scores = {"exact (LinearGaussian)": ExactScore(_fam(), SCHED), "learned (MLP 128x2)": dsm.learned_score(res)}
     rows = []
     for name, s in scores.items():
         go = lambda seed: jax.block_until_ready(sample(s, SCHED, jax.random.PRNGKey(seed), n, 2, n_steps=n_steps))  # noqa
@@ -162,13 +174,13 @@ def _families() -> dict:
         return NonlinearRule.create(UniformX(-1.0, 1.0), Sine(k=4.0), sigma_r=0.05)
 
     return {
-        "LinearGaussian": lambda: FAM,
+        "LinearGaussian": _fam,
         "NonlinearRule (sine, quadrature)": nonlinear,
         "GaussianMixture (K=2)": lambda: GaussianMixture.create(
             weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.0, -0.5]], covs=[np.diag([0.3, 0.1]), np.diag([0.5, 0.1])],
             dx=1, sigma_r=float(np.sqrt(0.1))),
         "EmpiricalMeasure (n=1024)": lambda: EmpiricalMeasure.from_samples(
-            FAM.sample(jax.random.PRNGKey(3), 1024), FAM),
+            _fam().sample(jax.random.PRNGKey(3), 1024), _fam()),
         "Embedded (sine in R^16)": lambda: Embedded.create(
             NonlinearRule.create(GaussianX(0.0, 1.0), Sine(k=2.0), 0.1), D=16, key=jax.random.PRNGKey(4)),
     }
@@ -200,11 +212,11 @@ def bench_compiles(ns, e: int, steps: int) -> dict:
     n_max = max(ns)
     cfg = dsm.TrainConfig(network=network_config("mlp", 2, width=32), n_steps=steps, batch_size=32,
                           log_every=steps, eval_size=256)
-    data = FAM.sample(jax.random.PRNGKey(0), e * n_max).reshape(e, n_max, 2)
+    data = _fam().sample(jax.random.PRNGKey(0), e * n_max).reshape(e, n_max, 2)
     before = dsm.compile_count()
     for i, n in enumerate(ns):
         dsm.train_ensemble(jax.random.split(jax.random.PRNGKey(i), e), data, SCHED, cfg,
-                           n_valid=np.full(e, n), family=FAM)
+                           n_valid=np.full(e, n), family=_fam())
     return {"ns": list(ns), "E": e, "cells": len(ns), "compilations": dsm.compile_count() - before}
 
 
@@ -215,12 +227,23 @@ def main(argv=None) -> dict:
     p.add_argument("--ensembles", type=int, nargs="+", default=None, help="default 1 4 16 64 (quick: 1 4 16)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (best kept)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="expose the CPU as this many JAX devices (dsmtheory.distributed.use_cpu_devices); "
+                        "ensembles are then sharded over them as over GPUs. Default 1; 0 = one per core")
     args = p.parse_args(argv)
+    if args.cpu_devices < 0:
+        p.error(f"--cpu-devices must be >= 0 (0 = one per core), got {args.cpu_devices}")
+    n_cpu = distributed.use_cpu_devices(args.cpu_devices or None)
     quick = args.quick
     ens = args.ensembles or ([1, 4, 16] if quick else [1, 4, 16, 64])
     reps = args.repeats or (2 if quick else 3)
-    out: dict = {"devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "quick": quick}
-    print(f"devices: {jax.devices()}  (jax {jax.__version__}){'  [--quick]' if quick else ''}")
+    out: dict = {"devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "quick": quick,
+                 "cpu_devices": n_cpu, "cores": distributed.available_cores()}
+    print(f"devices: {jax.devices()}  (jax {jax.__version__}, {distributed.available_cores()} cores)"
+          f"{'  [--quick]' if quick else ''}")
+    if jax.device_count() > 1:
+        print(f"ensembles with E a multiple of {jax.device_count()} are sharded over the {jax.device_count()} "
+              "devices (as train_ensemble does); E = 1 runs on one device")
 
     mm, mm_cpu = matmul_gflops_wall_cpu(1024, repeats=3 if quick else 5)
     print(f"machine f32 matmul (1024^3), start of run: {mm:.1f} GFLOP/s, {mm_cpu:.1f} GFLOP per CPU-s", flush=True)

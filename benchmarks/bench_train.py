@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_train                 # width 128, batch 32, E = 1, 4, 16
     python -m benchmarks.bench_train --width 512 --batch 512 --ensembles 1 4
+    python -m benchmarks.bench_train --cpu-devices 0 # one JAX device per core: ensembles sharded
 
 Prints, from ONE run: the measured f32 matmul GFLOP/s of this machine (square
 jitted matmuls, best of several), and for a single model and vmapped ensembles
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsmtheory import dsm
+from dsmtheory import distributed, dsm
 from dsmtheory.families.linear_gaussian import LinearGaussian
 from dsmtheory.networks import matmul_flops_per_example, network_config
 from dsmtheory.schedules import VPLinear
@@ -86,7 +87,13 @@ def main(argv=None) -> dict:
     p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk (log_every)")
     p.add_argument("--ensembles", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--matmul-size", type=int, default=1024)
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="expose the CPU as this many JAX devices (0 = one per core); train_ensemble then shards "
+                        "the members over them (dsmtheory.distributed.use_cpu_devices)")
     args = p.parse_args(argv)
+    if args.cpu_devices < 0:
+        p.error(f"--cpu-devices must be >= 0 (0 = one per core), got {args.cpu_devices}")
+    distributed.use_cpu_devices(args.cpu_devices or None)
     if args.steps % args.chunk:
         p.error("--steps must be a multiple of --chunk (one compiled chunk length)")
 

@@ -33,6 +33,21 @@ multi-GPU machine. Results equal the unsharded run to float tolerance (each
 member's computation is the same; only its placement differs); the test
 `tests/test_distributed.py` checks that on 4 forced host devices.
 
+One CPU, several cores: XLA runs ONE device's program on essentially one core
+when its operations are small (a width-128 MLP step is a few dozen matmuls of
+32 x 128 x 128), so a vmapped ensemble on a single CPU device leaves the other
+cores idle. `use_cpu_devices()` exposes the host as one JAX device per core
+(jax's `jax_num_cpu_devices`, the in-process form of
+XLA_FLAGS=--xla_force_host_platform_device_count); every ensemble is then sharded
+over the cores exactly as over GPUs. It must run before the first JAX computation:
+
+    import dsmtheory.distributed as dd
+    dd.use_cpu_devices()                        # one device per core of this process
+    ... train_ensemble(...)                     # members split over the cores
+
+(the experiments and benchmarks take `--cpu-devices N` for this). Measured on 2
+cores: README "Performance". Single-model programs still run on device 0.
+
 Multi-host: `jax.devices()` lists the devices of every process after
 `jax.distributed.initialize()`, so the same mesh spans hosts; each process must
 then call the same functions with the same arguments (SPMD), as usual in JAX.
@@ -40,6 +55,7 @@ then call the same functions with the same arguments (SPMD), as usual in JAX.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import jax
@@ -47,6 +63,38 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 ENSEMBLE_AXIS = "ensemble"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_devices(n: int | None = None) -> int:
+    """Expose the host CPU as `n` JAX devices (default `available_cores()`), so that
+    ensembles are sharded over the cores (module docstring). Returns n.
+
+    Must be called before the first JAX computation of the process; calling it again
+    with the count already in effect is a no-op. On a GPU/TPU machine it changes only
+    the CPU platform (the default devices, and so the ensemble mesh, stay the
+    accelerators)."""
+    n = available_cores() if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (the number of CPU devices) must be an integer >= 1, got {n!r}")
+    n = int(n)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backend is already up: fine only if it has n CPU devices
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise RuntimeError(
+                f"use_cpu_devices({n}) must be called before the first JAX computation of the process; "
+                f"the CPU backend already runs with {have} device(s). Call it right after the imports, or "
+                f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={n}.") from None
+    return n
 
 
 def ensemble_mesh(devices: Sequence[Any] | None = None) -> Mesh:

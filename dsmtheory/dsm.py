@@ -548,6 +548,22 @@ def _init_state(key, model, data_one, schedule, config: TrainConfig, n_max: int)
     return TrainState(params, opt_state, ema, jnp.zeros((), jnp.int32), k_train, perm)
 
 
+def place_ensemble(state, data, n_valid, eval_set=None):
+    """The inputs of an ensemble chunk placed for the member axis over all devices
+    (`dsmtheory.distributed`): the state and n_valid [E] sharded by member, the data
+    sharded if it has one training set per member ([E, n_max, D]) and replicated if
+    shared ([n_max, D]), the evaluation set replicated. Identity on one device."""
+    from dsmtheory import distributed
+
+    mesh = distributed.ensemble_mesh()
+    state = distributed.shard_ensemble(state, mesh)
+    data = distributed.replicate(data, mesh) if data.ndim == 2 else distributed.shard_ensemble(data, mesh)
+    n_valid = distributed.shard_ensemble(n_valid, mesh)
+    if eval_set is not None:
+        eval_set = distributed.replicate(eval_set, mesh)
+    return state, data, n_valid, eval_set
+
+
 def _check_divergence(losses, metrics, step0, ref, config: TrainConfig, ensemble: bool):
     losses = np.asarray(losses).reshape(-1, np.shape(losses)[-1])  # [E or 1, length]
     bad = ~np.isfinite(losses) | (np.abs(losses) > config.divergence_factor * ref[:, None])
@@ -590,26 +606,17 @@ def _train_impl(keys, data, n_valid, schedule, config, model, family, quiet, ens
         state = _init_states(keys, apply, data_one, schedule, _static_part(config), n_max, n_models)
         if shard is None:
             shard = jax.device_count() > 1
-        if shard:  # members over devices (dsmtheory.distributed; identity on one device)
-            from dsmtheory import distributed
-
-            mesh = distributed.ensemble_mesh()
-            state = distributed.shard_ensemble(state, mesh)
-            data = distributed.replicate(data, mesh) if shared else distributed.shard_ensemble(data, mesh)
     else:
         n_models = None
         if n_valid_np.ndim != 0:
             raise ValueError(f"n_valid must be a single integer for train(), got shape {n_valid_np.shape}")
         state = _init_states(keys, apply, data, schedule, _static_part(config), n_max, None)
     n_valid_arr = jnp.asarray(n_valid_np, jnp.int32)
-    if ensemble and shard:
-        n_valid_arr = distributed.shard_ensemble(n_valid_arr, mesh)
-
     eval_set = None
     if family is not None:
         eval_set = make_eval_set(eval_key, family, schedule, config.eval_size, config.weighting, config.sigma_data)
-        if ensemble and shard:
-            eval_set = distributed.replicate(eval_set, mesh)
+    if ensemble and shard:
+        state, data, n_valid_arr, eval_set = place_ensemble(state, data, n_valid_arr, eval_set)
 
     spec = _Spec(apply, _static_part(config), ensemble, shared, eval_set is not None)
     hyper = Hyper.of(config)

@@ -117,3 +117,67 @@ def test_policy_on_one_device_is_identity():
     with pytest.raises(ValueError, match="leading member axis"):
         fake = distributed.ensemble_mesh([mesh.devices.flat[0]] * 2)  # a 2-"device" mesh to reach the check
         distributed.shard_ensemble({"a": np.zeros((4, 1)), "b": np.zeros((3, 1))}, fake)
+
+
+def test_use_cpu_devices_before_first_computation_gives_one_device_per_request():
+    """In a fresh process, use_cpu_devices(3) before any JAX computation yields 3 CPU devices
+    and a sharded ensemble over them (the same placement train_ensemble uses)."""
+    script = textwrap.dedent(
+        """
+        import json
+        import jax, numpy as np
+        from dsmtheory import distributed, dsm
+        n = distributed.use_cpu_devices(3)
+        again = distributed.use_cpu_devices(3)          # same count again: a no-op
+        state = {"w": np.zeros((6, 4), np.float32)}
+        placed, data, n_valid, _ = dsm.place_ensemble(state, np.zeros((10, 2), np.float32),
+                                                      np.full((6,), 10, np.int32))
+        try:
+            distributed.use_cpu_devices(2)              # too late: the backend runs with 3
+            late = "no error"
+        except RuntimeError as err:
+            late = str(err)
+        print("RESULT" + json.dumps({"n": n, "again": again, "devices": jax.device_count(),
+                                     "w_devices": distributed.member_devices(placed["w"]),
+                                     "data_devices": len(data.sharding.device_set), "late": late}))
+        """
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][len("RESULT"):])
+    assert out["n"] == out["again"] == out["devices"] == 3
+    assert out["w_devices"] == 3  # 6 members, 2 per device
+    assert out["data_devices"] == 3  # shared data replicated on every device
+    assert "use_cpu_devices(2) must be called before the first JAX computation" in out["late"]
+    assert "runs with 3 device(s)" in out["late"]
+
+
+def test_use_cpu_devices_checks_its_argument_and_the_running_backend():
+    import jax
+    import pytest
+
+    jax.numpy.zeros(1).block_until_ready()  # the backend of this process is up
+    assert distributed.use_cpu_devices(len(jax.devices("cpu"))) == len(jax.devices("cpu"))  # no-op
+    with pytest.raises(RuntimeError, match="before the first JAX computation"):
+        distributed.use_cpu_devices(len(jax.devices("cpu")) + 1)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n \\(the number of CPU devices\\)"):
+            distributed.use_cpu_devices(bad)
+    assert distributed.available_cores() >= 1
+
+
+def test_experiment_flag_cpu_devices():
+    import jax
+    import pytest
+
+    from experiments._cli import experiment_parser
+
+    p = experiment_parser("prog", "d", quick_help="q", check_help="c")
+    assert p.parse_args([]).cpu_devices is None  # default: leave the devices alone
+    assert p.parse_args(["--cpu-devices", str(jax.device_count())]).cpu_devices == jax.device_count()
+    for bad in (["--cpu-devices", "-1"], ["--cpu-devices", str(jax.device_count() + 1)]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
