@@ -227,18 +227,13 @@ def main(argv=None) -> dict:
     p.add_argument("--ensembles", type=int, nargs="+", default=None, help="default 1 4 16 64 (quick: 1 4 16)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (best kept)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p.add_argument("--cpu-devices", type=int, default=1,
-                   help="expose the CPU as this many JAX devices (dsmtheory.distributed.use_cpu_devices); "
-                        "ensembles are then sharded over them as over GPUs. Default 1; 0 = one per core")
+    distributed.add_cpu_devices_flag(p)
     args = p.parse_args(argv)
-    if args.cpu_devices < 0:
-        p.error(f"--cpu-devices must be >= 0 (0 = one per core), got {args.cpu_devices}")
-    n_cpu = distributed.use_cpu_devices(args.cpu_devices or None)
     quick = args.quick
     ens = args.ensembles or ([1, 4, 16] if quick else [1, 4, 16, 64])
     reps = args.repeats or (2 if quick else 3)
     out: dict = {"devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "quick": quick,
-                 "cpu_devices": n_cpu, "cores": distributed.available_cores()}
+                 "cpu_devices": len(jax.devices("cpu")), "cores": distributed.available_cores()}
     print(f"devices: {jax.devices()}  (jax {jax.__version__}, {distributed.available_cores()} cores)"
           f"{'  [--quick]' if quick else ''}")
     if jax.device_count() > 1:

@@ -87,13 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk (log_every)")
     p.add_argument("--ensembles", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--matmul-size", type=int, default=1024)
-    p.add_argument("--cpu-devices", type=int, default=1,
-                   help="expose the CPU as this many JAX devices (0 = one per core); train_ensemble then shards "
-                        "the members over them (dsmtheory.distributed.use_cpu_devices)")
+    distributed.add_cpu_devices_flag(p)
     args = p.parse_args(argv)
-    if args.cpu_devices < 0:
-        p.error(f"--cpu-devices must be >= 0 (0 = one per core), got {args.cpu_devices}")
-    distributed.use_cpu_devices(args.cpu_devices or None)
     if args.steps % args.chunk:
         p.error("--steps must be a multiple of --chunk (one compiled chunk length)")
 

@@ -55,6 +55,7 @@ then call the same functions with the same arguments (SPMD), as usual in JAX.
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any, Sequence
 
@@ -95,6 +96,27 @@ def use_cpu_devices(n: int | None = None) -> int:
                 f"the CPU backend already runs with {have} device(s). Call it right after the imports, or "
                 f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={n}.") from None
     return n
+
+
+class _CpuDevicesAction(argparse.Action):
+    """--cpu-devices N, applied while the arguments are parsed (before the program's first
+    JAX computation): N >= 1 devices, 0 = one per core."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value < 0:
+            parser.error(f"--cpu-devices must be >= 0 (0 = one device per core), got {value}")
+        try:
+            setattr(namespace, self.dest, use_cpu_devices(value or None))
+        except RuntimeError as err:
+            parser.error(str(err))
+
+
+def add_cpu_devices_flag(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
+    """Add `--cpu-devices N` (default None: leave the devices alone) to a command-line parser;
+    the experiments and benchmarks share this one flag."""
+    parser.add_argument("--cpu-devices", type=int, default=None, action=_CpuDevicesAction, metavar="N",
+                        help="expose the CPU as N JAX devices (0 = one per core) and shard every ensemble over "
+                             "them (use_cpu_devices). Default: one device" + help_suffix)
 
 
 def ensemble_mesh(devices: Sequence[Any] | None = None) -> Mesh:

@@ -19,19 +19,7 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-
-class _CpuDevices(argparse.Action):
-    """--cpu-devices N: applied while parsing, before the experiment's first JAX computation."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        from dsmtheory.distributed import use_cpu_devices
-
-        if value < 0:
-            parser.error(f"--cpu-devices must be >= 0 (0 = one device per core), got {value}")
-        try:
-            setattr(namespace, self.dest, use_cpu_devices(value or None))
-        except RuntimeError as err:
-            parser.error(str(err))
+from dsmtheory.distributed import add_cpu_devices_flag
 
 
 def experiment_parser(prog: str, description: str, *, quick_help: str, check_help: str,
@@ -43,10 +31,7 @@ def experiment_parser(prog: str, description: str, *, quick_help: str, check_hel
     p.add_argument("--out", default="figures", help="directory of the PNG and JSON (default figures/)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--check", action="store_true", help=check_help)
-    p.add_argument("--cpu-devices", type=int, default=None, action=_CpuDevices, metavar="N",
-                   help="expose the CPU as N JAX devices (0 = one per core) and shard every ensemble over "
-                        "them (dsmtheory.distributed.use_cpu_devices): faster on a multi-core machine, same "
-                        "numbers up to float rounding. Default: one device")
+    add_cpu_devices_flag(p, help_suffix="; the numbers agree up to float rounding")
     return p
 
 
