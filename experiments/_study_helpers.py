@@ -22,24 +22,32 @@ SCALAR_OVERRIDES = ("seeds", "width", "train_steps", "samples", "sample_steps", 
                     "diagnostic_samples", "n")
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The flags every issue-4 experiment takes (COMMON conventions) plus size overrides."""
-    p = experiment_parser(prog, description, quick_help="small grid (a smoke run of the pipeline)",
-                          seed_help="base seed of every cell",
+def study_parser(prog: str, description: str, cells_dir_default: str,
+                 quick_help: str = "small grid (a smoke run of the pipeline)") -> argparse.ArgumentParser:
+    """The parser of an experiment made of `dsmtheory.study` cells: the flags every experiment
+    takes, --cells-dir, the per-cell size overrides (None = the mode's value) and --quiet."""
+    p = experiment_parser(prog, description, quick_help=quick_help, seed_help="base seed of every cell",
                           check_help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
-    p.add_argument("--cells-dir", default=None, help="per-cell JSON directory (default runs/NAME[_quick])")
+    p.add_argument("--cells-dir", default=None, help=f"per-cell JSON directory (default {cells_dir_default})")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (vmapped, >= 2 for CIs)")
-    p.add_argument("--n", type=int, default=None, help="training-set size of every cell")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--train-steps", type=int, default=None)
     p.add_argument("--samples", type=int, default=None, help="generated samples per seed")
     p.add_argument("--sample-steps", type=int, default=None)
     p.add_argument("--empirical-samples", type=int, default=None,
-                   help="samples per seed for the empirical-optimal score")
-    p.add_argument("--diagnostic-samples", type=int, default=None)
+                   help="samples per seed for the empirical-optimal score (its cost grows with n)")
+    p.add_argument("--diagnostic-samples", type=int, default=None,
+                   help="Monte Carlo draws of the score-level rule-normal split")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags every issue-4 experiment takes (COMMON conventions) plus size overrides."""
+    p = study_parser(prog, description, "runs/NAME[_quick]")
+    p.add_argument("--n", type=int, default=None, help="training-set size of every cell")
     p.add_argument("--no-empirical", action="store_true",
                    help="skip the empirical-optimal baseline (learned vs oracle only; for smoke tests)")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 

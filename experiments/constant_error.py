@@ -45,7 +45,8 @@ from dsmtheory.results import read_json, write_results
 from dsmtheory.stats import constant_error_verdict, curve_bands, loglog_slope
 from dsmtheory.study import clear_oracle_memo, compute_cell, make_cell
 from dsmtheory.sweep import cell_id, cell_path, run_sweep, shape_key
-from experiments._cli import experiment_parser, with_overrides
+from experiments._cli import with_overrides
+from experiments._study_helpers import study_parser
 
 EXPERIMENT = "constant_error"
 ALL_SCHEDULES = ("vp_linear", "vp_cosine", "ve", "edm")
@@ -72,26 +73,14 @@ FAMILY_PRESETS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = experiment_parser("python -m experiments.constant_error", __doc__.split("\n\n")[0],
-                          quick_help="small grid (< 2 min on 2 CPU cores)", seed_help="base seed of every cell",
-                          check_help="recompute one stored cell and compare with its JSON (exit 1 on mismatch)")
-    p.add_argument("--cells-dir", default=None, help="per-cell JSON directory (default runs/constant_error[_quick])")
+    p = study_parser("python -m experiments.constant_error", __doc__.split("\n\n")[0],
+                     "runs/constant_error[_quick]", quick_help="small grid (< 2 min on 2 CPU cores)")
     p.add_argument("--family", choices=tuple(FAMILY_PRESETS), default="nonlinear",
                    help="nonlinear: y = sin(2x) + σ_r ε, x ~ N(0,1); linear_gaussian: y = x + σ_r ε")
     p.add_argument("--schedules", nargs="+", choices=ALL_SCHEDULES, default=None)
     p.add_argument("--n-values", nargs="+", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (vmapped)")
-    p.add_argument("--train-steps", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--samples", type=int, default=None, help="generated samples per seed")
-    p.add_argument("--sample-steps", type=int, default=None)
-    p.add_argument("--empirical-samples", type=int, default=None,
-                   help="samples per seed for the empirical-optimal score (its cost grows with n)")
-    p.add_argument("--diagnostic-samples", type=int, default=None,
-                   help="Monte Carlo draws of the score-level rule-normal split")
     p.add_argument("--replot", action="store_true",
                    help="redraw the PNG from the stored JSON of this mode (no computation; the JSON is unchanged)")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 
