@@ -6,6 +6,7 @@ Experiments stay thin: they pick their slice of the grid and compose these."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ from experiments._cli import experiment_parser
 
 CURVE_LABELS = {"learned": "learned (DSM network)", "oracle": "oracle (exact score)",
                 "empirical": "empirical-optimal"}
+CHECK_RTOL = 1e-5  # --check: relative tolerance of a recomputed cell against its stored JSON
 SCALAR_OVERRIDES = ("seeds", "width", "train_steps", "samples", "sample_steps", "empirical_samples",
                     "diagnostic_samples", "n")
 
@@ -103,10 +105,27 @@ def run_axes(cells: dict[str, list[dict]], cells_dir: Path, quiet: bool = False,
     return out
 
 
+def _compare(a: Any, b: Any, path: str = "$") -> list[str]:
+    """Differences between two JSON trees (numbers compared with relative tolerance CHECK_RTOL)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys differ ({sorted(set(a) ^ set(b))})"]
+        return [d for k in a for d in _compare(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: lengths {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _compare(x, y, f"{path}[{i}]")]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        if not math.isclose(a, b, rel_tol=CHECK_RTOL, abs_tol=1e-9):
+            return [f"{path}: stored {b!r}, recomputed {a!r}"]
+        return []
+    return [] if a == b else [f"{path}: stored {b!r}, recomputed {a!r}"]
+
+
 def check_stored_cell(cells: list[dict], cells_dir: Path, compute: Callable[[dict], dict] = compute_cell) -> dict:
-    """Recompute the first cell and compare it with its stored JSON (relative tolerance of
-    `experiments.constant_error.CHECK_RTOL`); prints the outcome."""
-    import experiments.constant_error as ce
+    """Recompute the first (for a sweep over n, the cheapest) cell, the oracle samples
+    included, and compare it with its stored JSON (relative tolerance CHECK_RTOL); prints
+    the outcome."""
     from dsmtheory.results import read_json, to_jsonable
     from dsmtheory.study import clear_oracle_memo
     from dsmtheory.sweep import cell_id, cell_path
@@ -119,11 +138,11 @@ def check_stored_cell(cells: list[dict], cells_dir: Path, compute: Callable[[dic
     if stored.get("status") != "ok":
         raise SystemExit(f"error: stored cell {path} is a failure record: {stored.get('error')}")
     clear_oracle_memo()
-    diffs = ce._compare(to_jsonable(compute(dict(cell))), stored["result"])
+    diffs = _compare(to_jsonable(compute(dict(cell))), stored["result"])
     result = {"cell_id": cell_id(cell), "agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20],
-              "rtol": ce.CHECK_RTOL}
+              "rtol": CHECK_RTOL}
     print(f"[check] {'AGREE' if result['agree'] else 'MISMATCH'}: cell {result['cell_id']} recomputed vs stored "
-          f"({result['n_differences']} differences at rtol {ce.CHECK_RTOL:g})")
+          f"({result['n_differences']} differences at rtol {CHECK_RTOL:g})")
     for line in result["differences"]:
         print("   ", line)
     return {"check": result}

@@ -43,10 +43,10 @@ import numpy as np
 
 from dsmtheory.results import read_json, write_results
 from dsmtheory.stats import constant_error_verdict, curve_bands, loglog_slope
-from dsmtheory.study import clear_oracle_memo, compute_cell, make_cell
-from dsmtheory.sweep import cell_id, cell_path, run_sweep, shape_key
+from dsmtheory.study import compute_cell, make_cell
+from dsmtheory.sweep import run_sweep, shape_key
 from experiments._cli import with_overrides
-from experiments._study_helpers import study_parser
+from experiments._study_helpers import CHECK_RTOL, check_stored_cell, study_parser
 
 EXPERIMENT = "constant_error"
 ALL_SCHEDULES = ("vp_linear", "vp_cosine", "ve", "edm")
@@ -64,7 +64,6 @@ MODES = {
              "seeds": 4, "width": 64, "train_steps": 4000, "samples": 1000, "sample_steps": 200,
              "empirical_samples": 250, "diagnostic_samples": 4096},
 }
-CHECK_RTOL = 1e-5
 FAMILY_PRESETS = {
     "nonlinear": {"family": "nonlinear", "rule": "sin", "rule_params": {"k": 2.0}, "sigma_r": 0.05},
     "linear_gaussian": {"family": "linear_gaussian", "rule": "linear", "rule_params": {"a": 1.0, "b": 0.0},
@@ -208,41 +207,6 @@ def _fmt(v: Any) -> str:
     return "±inf" if v is None else f"{v:+.3g}"
 
 
-def _compare(a: Any, b: Any, path: str = "$") -> list[str]:
-    """Differences between two JSON trees (numbers compared with relative tolerance CHECK_RTOL)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys differ ({sorted(set(a) ^ set(b))})"]
-        return [d for k in a for d in _compare(a[k], b[k], f"{path}.{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: lengths {len(a)} != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _compare(x, y, f"{path}[{i}]")]
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        if not math.isclose(a, b, rel_tol=CHECK_RTOL, abs_tol=1e-9):
-            return [f"{path}: stored {b!r}, recomputed {a!r}"]
-        return []
-    return [] if a == b else [f"{path}: stored {b!r}, recomputed {a!r}"]
-
-
-def check(cells: list[dict], cells_dir: Path) -> dict:
-    """Recompute the first (cheapest: smallest n) cell and compare with its stored JSON."""
-    cell = cells[0]
-    path = cell_path(cells_dir, cell)
-    if not path.exists():
-        raise SystemExit(f"error: --check needs the stored cell {path}; run the experiment first")
-    stored = read_json(path)
-    if stored.get("status") != "ok":
-        raise SystemExit(f"error: stored cell {path} is a failure record: {stored.get('error')}")
-    clear_oracle_memo()  # recompute everything, the oracle samples included
-    fresh = compute_cell(dict(cell))
-    from dsmtheory.results import to_jsonable
-
-    diffs = _compare(to_jsonable(fresh), stored["result"])
-    return {"cell_id": cell_id(cell), "agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20],
-            "rtol": CHECK_RTOL}
-
-
 def replot(json_path: Path) -> dict:
     """Redraw NAME.png from NAME.json: the figure shows exactly the stored numbers."""
     from dsmtheory.results import save_figure_atomic
@@ -263,13 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cells_dir = Path(args.cells_dir) if args.cells_dir else Path("runs") / f"{EXPERIMENT}{suffix}"
     cells = build_cells(settings, args.seed)
     if args.check:
-        result = check(cells, cells_dir)
-        status = "AGREE" if result["agree"] else "MISMATCH"
-        print(f"[check] {status}: cell {result['cell_id']} recomputed vs stored "
-              f"({result['n_differences']} differences at rtol {CHECK_RTOL:g})")
-        for line in result["differences"]:
-            print("   ", line)
-        return {"check": result}
+        return check_stored_cell(cells, cells_dir, compute_cell)
     if args.replot:
         return replot(Path(args.out) / f"{EXPERIMENT}{suffix}.json")
     start = time.perf_counter()

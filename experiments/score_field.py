@@ -205,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = compute(s, args.seed)
     elapsed = time.perf_counter() - start
     if args.check:
-        import experiments.constant_error as ce
+        from experiments._study_helpers import CHECK_RTOL, _compare
 
         if not path.exists():
             raise SystemExit(f"error: --check needs {path}; run the experiment first")
         stored = read_json(path)["results"]
-        diffs = ce._compare(to_jsonable(_numbers(res)), {k: v for k, v in stored.items() if k in _numbers(res)})
-        out = {"agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20], "rtol": ce.CHECK_RTOL}
-        print(f"[check] {'AGREE' if out['agree'] else 'MISMATCH'} ({len(diffs)} differences at rtol {ce.CHECK_RTOL:g})")
+        diffs = _compare(to_jsonable(_numbers(res)), {k: v for k, v in stored.items() if k in _numbers(res)})
+        out = {"agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20], "rtol": CHECK_RTOL}
+        print(f"[check] {'AGREE' if out['agree'] else 'MISMATCH'} ({len(diffs)} differences at rtol {CHECK_RTOL:g})")
         for line in out["differences"]:
             print("   ", line)
         return {"check": out}
