@@ -15,7 +15,10 @@ Sections
                 E = 1, achieved dense-layer GFLOP/s and its % of the matmul GFLOP/s, and
                 model-steps per CPU-second (process CPU time: on a machine shared with other
                 jobs this is less sensitive to their load than wall time), and the dense-layer
-                GFLOP per CPU-second as a % of the matmul's GFLOP per CPU-second.
+                GFLOP per CPU-second as a % of the matmul's GFLOP per CPU-second; last, the
+                speed-up that the step's matrix products ALONE get from batching E members
+                (`products_ceiling`: the same products, no activations, Adam or random numbers),
+                the ceiling for the speed-up column on this machine.
   sampler       samples × steps per second of the Euler–Maruyama sampler, exact and learned score.
   families      exact-score evaluations per second for each family (LinearGaussian,
                 NonlinearRule, GaussianMixture, EmpiricalMeasure, Embedded), batch of 4096.
@@ -136,20 +139,64 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
     for r in rows:
         r["speedup"] = r["model_steps_per_s"] / base
         r["speedup_cpu"] = r["model_steps_per_cpu_s"] / base_cpu
+    ceiling = products_ceiling(net, batch, ensembles, repeats)
+    for r in rows:
+        r["products_speedup"] = ceiling[r["E"]]
     return rows
+
+
+def step_products(net, batch: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matrix product in one training step of the 'mlp' network: the
+    forward pass (input, time and hidden layers, output), the backward products for the
+    activations (hidden and output layers) and for every weight."""
+    if net.kind not in ("mlp", "two_layer"):
+        raise ValueError(f"step_products knows the 'mlp' network only, got kind={net.kind!r}")
+    b, d, w, f, hidden = batch, net.dim, net.width, 2 * net.time_features, net.depth - 1
+    forward = [(b, d, w)] + [(b, f, w)] * net.depth + [(b, w, w)] * hidden + [(b, w, d)]
+    activation_grads = [(b, w, w)] * hidden + [(b, d, w)]
+    weight_grads = [(d, b, w)] + [(f, b, w)] * net.depth + [(w, b, w)] * hidden + [(w, b, d)]
+    return forward + activation_grads + weight_grads
+
+
+def products_ceiling(net, batch: int, ensembles, repeats: int, reps: int = 50) -> dict:
+    """E -> model-steps/s of the step's matrix products ALONE (`step_products`, batched over E
+    members as vmap batches them), relative to E = 1: the speed-up that the batched matmuls
+    themselves allow on this machine, the ceiling for the training step's speed-up column.
+    Each product feeds a small term back into its input, so the `reps` repetitions in one
+    program are not hoisted."""
+    shapes = step_products(net, batch)
+    rate = {}
+    for e in ensembles:
+        rng = np.random.default_rng(e)  # host-side: one eager jax.random call per shape would compile each
+        lhs = [jnp.asarray(rng.standard_normal((e, m, k)), jnp.float32) for m, k, _ in shapes]
+        rhs = [jnp.asarray(rng.standard_normal((e, k, n)), jnp.float32) for _, k, n in shapes]
+        if e > 1 and jax.device_count() > 1:  # members over the devices, as for the training rows
+            lhs, rhs = distributed.shard_ensemble((lhs, rhs))
+
+        @jax.jit
+        def run(lhs, rhs):
+            def body(_, lhs):
+                return [a + 1e-9 * jnp.einsum("emk,ekn->emn", a, b)[:, :1, :1] for a, b in zip(lhs, rhs)]
+            return jax.lax.fori_loop(0, reps, body, lhs)
+
+        jax.block_until_ready(run(lhs, rhs))
+        best = min(_timed(lambda: jax.block_until_ready(run(lhs, rhs)))[0] for _ in range(repeats + 2))
+        rate[e] = e * reps / best
+    return {e: rate[e] / rate[ensembles[0]] for e in ensembles}
 
 
 def print_train(title, rows, mm, mm_cpu):
     print(f"\n## {title}")
     print("| E | steps/s | model-steps/s | speed-up | GFLOP/s | % of matmul | model-steps/CPU-s | speed-up (CPU) "
-          "| GFLOP/CPU-s | % of matmul (CPU) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| GFLOP/CPU-s | % of matmul (CPU) | products alone: speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         r["fraction_of_matmul"] = r["gflops"] / mm
         r["fraction_of_matmul_cpu"] = r["gflops_per_cpu_s"] / mm_cpu
         print(f"| {r['E']} | {r['steps_per_s']:.1f} | {r['model_steps_per_s']:.1f} | {r['speedup']:.2f}x | "
               f"{r['gflops']:.2f} | {100 * r['fraction_of_matmul']:.0f}% | {r['model_steps_per_cpu_s']:.1f} | "
-              f"{r['speedup_cpu']:.2f}x | {r['gflops_per_cpu_s']:.2f} | {100 * r['fraction_of_matmul_cpu']:.0f}% |",
+              f"{r['speedup_cpu']:.2f}x | {r['gflops_per_cpu_s']:.2f} | {100 * r['fraction_of_matmul_cpu']:.0f}% | "
+              f"{r['products_speedup']:.2f}x |",
               flush=True)
 
 

@@ -1,0 +1,31 @@
+"""The benchmark's FLOP bookkeeping (benchmarks/bench_all.py): no timings are asserted."""
+
+import math
+
+import pytest
+
+from benchmarks.bench_all import products_ceiling, step_products
+from dsmtheory.networks import matmul_flops_per_example, network_config
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_step_products_are_forward_plus_backward_of_the_mlp(depth):
+    net = network_config("mlp", 3, width=16, depth=depth, time_features=4)
+    batch = 8
+    flops = sum(2 * m * k * n for m, k, n in step_products(net, batch))
+    forward = matmul_flops_per_example(net) * batch
+    # backward: every weight's gradient (as many MACs as the forward pass) plus the
+    # activation gradients of every layer except the input and time layers, whose
+    # inputs (z and e(t)) need no gradient
+    no_activation_grad = 2 * batch * (net.dim * net.width + depth * 2 * net.time_features * net.width)
+    assert flops == 3 * forward - no_activation_grad
+
+
+def test_step_products_refuses_other_networks():
+    with pytest.raises(ValueError, match="mlp"):
+        step_products(network_config("feature_local", 2), 4)
+
+
+def test_products_ceiling_is_relative_to_the_first_ensemble_size():
+    ratios = products_ceiling(network_config("mlp", 2, width=8, time_features=2), 4, [1, 2], repeats=1, reps=2)
+    assert ratios[1] == 1.0 and math.isfinite(ratios[2]) and ratios[2] > 0
