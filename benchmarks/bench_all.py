@@ -150,7 +150,7 @@ def step_products(net, batch: int) -> list[tuple[int, int, int]]:
     forward pass (input, time and hidden layers, output), the backward products for the
     activations (hidden and output layers) and for every weight."""
     if net.kind not in ("mlp", "two_layer"):
-        raise ValueError(f"step_products knows the 'mlp' network only, got kind={net.kind!r}")
+        raise ValueError(f"step_products knows the 'mlp' and 'two_layer' networks only, got kind={net.kind!r}")
     b, d, w, f, hidden = batch, net.dim, net.width, 2 * net.time_features, net.depth - 1
     forward = [(b, d, w)] + [(b, f, w)] * net.depth + [(b, w, w)] * hidden + [(b, w, d)]
     activation_grads = [(b, w, w)] * hidden + [(b, d, w)]
