@@ -126,7 +126,7 @@ def check_stored_cell(cells: list[dict], cells_dir: Path, compute: Callable[[dic
     """Recompute the first (for a sweep over n, the cheapest) cell, the oracle samples
     included, and compare it with its stored JSON (relative tolerance CHECK_RTOL); prints
     the outcome."""
-    from dsmtheory.results import read_json, to_jsonable
+    from dsmtheory.results import read_json
     from dsmtheory.study import clear_oracle_memo
     from dsmtheory.sweep import cell_id, cell_path
 
@@ -138,10 +138,18 @@ def check_stored_cell(cells: list[dict], cells_dir: Path, compute: Callable[[dic
     if stored.get("status") != "ok":
         raise SystemExit(f"error: stored cell {path} is a failure record: {stored.get('error')}")
     clear_oracle_memo()
-    diffs = _compare(to_jsonable(compute(dict(cell))), stored["result"])
-    result = {"cell_id": cell_id(cell), "agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20],
-              "rtol": CHECK_RTOL}
-    print(f"[check] {'AGREE' if result['agree'] else 'MISMATCH'}: cell {result['cell_id']} recomputed vs stored "
+    cid = cell_id(cell)
+    return report_check(compute(dict(cell)), stored["result"], f": cell {cid} recomputed vs stored", cell_id=cid)
+
+
+def report_check(fresh: Any, stored: Any, what: str = "", **ids: Any) -> dict:
+    """{"check": ...} for --check: the recomputed numbers `fresh` against the `stored` JSON tree
+    (relative tolerance CHECK_RTOL), with the outcome printed; `ids` lead the result dict."""
+    from dsmtheory.results import to_jsonable
+
+    diffs = _compare(to_jsonable(fresh), stored)
+    result = {**ids, "agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20], "rtol": CHECK_RTOL}
+    print(f"[check] {'AGREE' if result['agree'] else 'MISMATCH'}{what} "
           f"({result['n_differences']} differences at rtol {CHECK_RTOL:g})")
     for line in result["differences"]:
         print("   ", line)

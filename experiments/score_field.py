@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsmtheory.results import read_json, to_jsonable, write_results
+from dsmtheory.results import read_json, write_results
 
 EXPERIMENT = "score_field"
 NOISE_LEVELS_IN_SIGMA_R = (30.0, 10.0, 1.0)  # σ(t)/α(t) ≈ 30 σ_r (≈ 1: the coarse trend), 10 σ_r, 1 σ_r
@@ -201,21 +201,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     s = _settings(args)
     suffix = "_quick" if args.quick else ""
     path = Path(args.out) / f"{EXPERIMENT}{suffix}.json"
+    if args.check and not path.exists():  # before the computation, not after it
+        raise SystemExit(f"error: --check needs {path}; run the experiment first")
     start = time.perf_counter()
     res = compute(s, args.seed)
     elapsed = time.perf_counter() - start
     if args.check:
-        from experiments._study_helpers import CHECK_RTOL, _compare
+        from experiments._study_helpers import report_check
 
-        if not path.exists():
-            raise SystemExit(f"error: --check needs {path}; run the experiment first")
         stored = read_json(path)["results"]
-        diffs = _compare(to_jsonable(_numbers(res)), {k: v for k, v in stored.items() if k in _numbers(res)})
-        out = {"agree": not diffs, "n_differences": len(diffs), "differences": diffs[:20], "rtol": CHECK_RTOL}
-        print(f"[check] {'AGREE' if out['agree'] else 'MISMATCH'} ({len(diffs)} differences at rtol {CHECK_RTOL:g})")
-        for line in out["differences"]:
-            print("   ", line)
-        return {"check": out}
+        numbers = _numbers(res)
+        return report_check(numbers, {k: v for k, v in stored.items() if k in numbers})
     fig = plot(res, s)
     results = {**_numbers(res), "samples": res["samples"], "wall_seconds_this_run": elapsed}
     path = write_results(path, experiment=EXPERIMENT, config={"settings": s, "noise_levels_in_sigma_r":
