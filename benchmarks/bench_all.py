@@ -106,7 +106,7 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
                                      e if ens else None)
         n_valid = jnp.full((e,), data.shape[0], jnp.int32) if ens else jnp.asarray(data.shape[0], jnp.int32)
         member_data = data
-        if ens and jax.device_count() > 1:  # as train_ensemble does: members over the devices
+        if ens:  # as train_ensemble does: members over the devices (identity on one device)
             states[e], member_data, n_valid, _ = dsm.place_ensemble(states[e], data, n_valid)
         spec = dsm._Spec(apply, static, ens, True, False)
         runs[e] = (member_data, n_valid, spec)
@@ -170,7 +170,7 @@ def products_ceiling(net, batch: int, ensembles, repeats: int, reps: int = 50) -
         rng = np.random.default_rng(e)  # host-side: one eager jax.random call per shape would compile each
         lhs = [jnp.asarray(rng.standard_normal((e, m, k)), jnp.float32) for m, k, _ in shapes]
         rhs = [jnp.asarray(rng.standard_normal((e, k, n)), jnp.float32) for _, k, n in shapes]
-        if e > 1 and jax.device_count() > 1:  # members over the devices, as for the training rows
+        if e > 1:  # members over the devices, as for the training rows (identity on one device)
             lhs, rhs = distributed.shard_ensemble((lhs, rhs))
 
         @jax.jit
