@@ -15,10 +15,13 @@ Sections
                 E = 1, achieved dense-layer GFLOP/s and its % of the matmul GFLOP/s, and
                 model-steps per CPU-second (process CPU time: on a machine shared with other
                 jobs this is less sensitive to their load than wall time), and the dense-layer
-                GFLOP per CPU-second as a % of the matmul's GFLOP per CPU-second; last, the
+                GFLOP per CPU-second as a % of the matmul's GFLOP per CPU-second, the cores
+                kept busy (process CPU-seconds per wall second of the fastest repeat); last, the
                 speed-up that the step's matrix products ALONE get from batching E members
                 (`products_ceiling`: the same products, no activations, Adam or random numbers),
-                the ceiling for the speed-up column on this machine.
+                the ceiling for the speed-up column on this machine. Before it, the speed-up
+                each E would reach with every core busy at its measured CPU cost per
+                model-step (`cores_ceiling`): the ceiling that the core count sets.
   sampler       samples × steps per second of the Euler–Maruyama sampler, exact and learned score.
   families      exact-score evaluations per second for each family (LinearGaussian,
                 NonlinearRule, GaussianMixture, EmpiricalMeasure, Embedded), batch of 4096.
@@ -122,9 +125,12 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
     n_comp = dsm.compile_count()
     wall = {e: np.inf for e in ensembles}
     cpu = {e: np.inf for e in ensembles}
+    cores = {}
     for _ in range(repeats):
         for e in ensembles:
             w, c = _timed(lambda: chunk(e))
+            if w < wall[e]:
+                cores[e] = c / w  # cores kept busy during the fastest repeat
             wall[e], cpu[e] = min(wall[e], w), min(cpu[e], c)
     if dsm.compile_count() != n_comp:
         raise RuntimeError("a timed run recompiled; the measurement would include compilation")
@@ -132,7 +138,7 @@ def bench_train_table(width: int, batch: int, ensembles, steps: int, repeats: in
     flop_step = 3 * matmul_flops_per_example(net) * batch
     for e in ensembles:
         sps = steps / wall[e]
-        rows.append({"E": e, "steps_per_s": sps, "model_steps_per_s": e * sps,
+        rows.append({"E": e, "steps_per_s": sps, "model_steps_per_s": e * sps, "cores_busy": cores[e],
                      "model_steps_per_cpu_s": e * steps / cpu[e], "gflops": flop_step * e * sps / 1e9,
                      "gflops_per_cpu_s": flop_step * e * steps / cpu[e] / 1e9})
     base, base_cpu = rows[0]["model_steps_per_s"], rows[0]["model_steps_per_cpu_s"]
@@ -185,18 +191,26 @@ def products_ceiling(net, batch: int, ensembles, repeats: int, reps: int = 50) -
     return {e: rate[e] / rate[ensembles[0]] for e in ensembles}
 
 
-def print_train(title, rows, mm, mm_cpu):
+def cores_ceiling(row: dict, base: dict, n_cores: int) -> float:
+    """The wall-time speed-up over `base` (the E = 1 row) that `row` would reach with all
+    `n_cores` busy at its measured CPU cost per model-step. Wall speed-up = speed-up per
+    CPU-second × (cores busy / base's cores busy), so this is the ceiling the core count sets."""
+    return row["speedup_cpu"] * n_cores / base["cores_busy"]
+
+
+def print_train(title, rows, mm, mm_cpu, n_cores):
     print(f"\n## {title}")
     print("| E | steps/s | model-steps/s | speed-up | GFLOP/s | % of matmul | model-steps/CPU-s | speed-up (CPU) "
-          "| GFLOP/CPU-s | % of matmul (CPU) | products alone: speed-up |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| GFLOP/CPU-s | % of matmul (CPU) | cores busy | speed-up, all cores busy | products alone: speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         r["fraction_of_matmul"] = r["gflops"] / mm
         r["fraction_of_matmul_cpu"] = r["gflops_per_cpu_s"] / mm_cpu
+        r["speedup_all_cores"] = cores_ceiling(r, rows[0], n_cores)
         print(f"| {r['E']} | {r['steps_per_s']:.1f} | {r['model_steps_per_s']:.1f} | {r['speedup']:.2f}x | "
               f"{r['gflops']:.2f} | {100 * r['fraction_of_matmul']:.0f}% | {r['model_steps_per_cpu_s']:.1f} | "
               f"{r['speedup_cpu']:.2f}x | {r['gflops_per_cpu_s']:.2f} | {100 * r['fraction_of_matmul_cpu']:.0f}% | "
-              f"{r['products_speedup']:.2f}x |",
+              f"{r['cores_busy']:.2f} | {r['speedup_all_cores']:.2f}x | {r['products_speedup']:.2f}x |",
               flush=True)
 
 
@@ -299,9 +313,9 @@ def main(argv=None) -> dict:
     out["matmul_gflops"] = mm = max(mm, mm_end)  # the larger (less loaded) figure: the stricter reference
     out["matmul_gflops_per_cpu_s"] = mm_cpu = max(mm_cpu, mm_cpu_end)
     if "train_small" in args.only:
-        print_train("Training, width 128, depth 2, batch 32", out["train_small"], mm, mm_cpu)
+        print_train("Training, width 128, depth 2, batch 32", out["train_small"], mm, mm_cpu, out["cores"])
     if "train_large" in args.only:
-        print_train("Training, width 512, depth 2, batch 512", out["train_large"], mm, mm_cpu)
+        print_train("Training, width 512, depth 2, batch 512", out["train_large"], mm, mm_cpu, out["cores"])
     if "sampler" in args.only:
         out["sampler"] = bench_sampler(1024 if quick else 4096, 100, reps)
         print("\n## Sampler (Euler–Maruyama, D = 2)\n| score | samples | steps | samples×steps/s |\n|---|---:|---:|---:|")
