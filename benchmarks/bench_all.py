@@ -192,9 +192,10 @@ def products_ceiling(net, batch: int, ensembles, repeats: int, reps: int = 50) -
 
 
 def cores_ceiling(row: dict, base: dict, n_cores: int) -> float:
-    """The wall-time speed-up over `base` (the E = 1 row) that `row` would reach with all
-    `n_cores` busy at its measured CPU cost per model-step. Wall speed-up = speed-up per
-    CPU-second × (cores busy / base's cores busy), so this is the ceiling the core count sets."""
+    """The wall-time speed-up over `base` (the table's first row, E = 1 by default) that `row`
+    would reach with all `n_cores` busy at its measured CPU cost per model-step. Wall speed-up
+    = speed-up per CPU-second × (cores busy / base's cores busy), so this is the ceiling that
+    the core count sets."""
     return row["speedup_cpu"] * n_cores / base["cores_busy"]
 
 
